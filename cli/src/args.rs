@@ -1,0 +1,190 @@
+//! Command-line arguments. Names are a contract: scripts depend on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::size::parse_size;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Fast, deduplicated, verified backups of disk images"
+)]
+pub struct Cli {
+    /// More log output on stderr (repeat for debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up a disk image (file or block device) into a new snapshot.
+    Backup(BackupArgs),
+    /// List snapshots.
+    List(ListArgs),
+    /// Restore a disk of a snapshot into a sparse file (or onto a block device with --force).
+    Restore(RestoreArgs),
+    /// Check that snapshots are complete and (with --read-data) that their data is intact.
+    Verify(VerifyArgs),
+    /// Measure each pipeline stage and the whole pipeline on one image.
+    Bench(BenchArgs),
+    /// Write a reproducible sample image (holes, zeros, text-like and random data).
+    GenImage(GenImageArgs),
+}
+
+/// Where the repository is.
+#[derive(Args, Clone)]
+pub struct RepoArg {
+    /// Repository: a directory path or file://PATH.
+    #[arg(long, env = "FERRY_REPO", value_name = "URL")]
+    pub repo: String,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Default chunk size of backups into this repository (power of two, 64K to 64M).
+    #[arg(long, value_parser = parse_size, default_value = "4M", value_name = "SIZE")]
+    pub chunk_size: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ReaderChoice {
+    /// io_uring when available, else positioned reads.
+    Auto,
+    /// Positioned reads only.
+    Pread,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// Disk image to back up: a regular file or a block device.
+    #[arg(long, value_name = "PATH")]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshot name (default: the image's file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Chunk size (power of two, 64K to 64M; default: the repository's).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    /// zstd compression level (1 is fastest; 3 smaller and slower).
+    #[arg(
+        long,
+        default_value_t = 1,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub zstd_level: i32,
+    /// Compression threads (default: every core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Concurrent writes to the repository.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub uploads: usize,
+    /// Read path.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub reader: ReaderChoice,
+    /// Print one JSON object on stdout at the end instead of progress and a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshot id, a unique prefix of one, or `latest`.
+    pub snapshot: String,
+    /// Target file (created; it must not exist unless --force).
+    #[arg(long, value_name = "PATH")]
+    pub to: PathBuf,
+    /// Disk to restore (needed when the snapshot holds several).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Replace an existing file, or write onto a block device.
+    #[arg(long)]
+    pub force: bool,
+    /// Concurrent chunk fetches.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub threads: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshot to check (id, prefix or `latest`); default: all.
+    pub snapshot: Option<String>,
+    /// Read, decode and re-hash every referenced chunk (default: check presence only).
+    #[arg(long)]
+    pub read_data: bool,
+    /// Concurrent chunk reads with --read-data.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub threads: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Image to measure on (default: a generated sample image of --size).
+    #[arg(long, value_name = "PATH", conflicts_with = "size")]
+    pub image: Option<PathBuf>,
+    /// Size of the generated sample image.
+    #[arg(long, value_parser = parse_size, default_value = "1G", value_name = "SIZE")]
+    pub size: u64,
+    /// Repository location to measure writes into; a throwaway prefix or directory inside it
+    /// is used and removed (default: a temporary directory).
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    #[arg(long, value_parser = parse_size, default_value = "4M", value_name = "SIZE")]
+    pub chunk_size: u64,
+    #[arg(
+        long,
+        default_value_t = 1,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub zstd_level: i32,
+    /// Drop the page cache before reading (root only), for cold-cache numbers.
+    #[arg(long)]
+    pub cold: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenImageArgs {
+    /// Size of the image (e.g. 512M, 4G).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub size: u64,
+    /// File to create (must not exist).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Generator seed: the same seed gives the same bytes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,96 @@
+//! `ferry bench`: stage-by-stage throughput and the bottleneck.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ferry_engine::backup::BackupOptions;
+use ferry_engine::bench::run_bench;
+use ferry_engine::config::check_chunk_size;
+use ferry_engine::sample::generate;
+use ferry_sinks::Sink;
+use ferry_sinks::local::LocalSink;
+
+use crate::args::BenchArgs;
+use crate::commands::print_json;
+use crate::repo_url::RepoUrl;
+
+/// Bytes of data chunks kept in memory for the hash, compress and write stages.
+const SAMPLE_LIMIT: usize = 512 << 20;
+
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    let scratch = tempdir_in(&std::env::temp_dir())?;
+    let image = match &args.image {
+        Some(image) => image.clone(),
+        None => {
+            let path = scratch.join("sample.img");
+            generate(&path, args.size, 1)?;
+            path
+        }
+    };
+    let (sink, cleanup_dir): (Arc<dyn Sink>, Option<PathBuf>) = match &args.repo {
+        None => (Arc::new(LocalSink::create(scratch.join("repo"))?), None),
+        Some(url) => match RepoUrl::parse(url)? {
+            RepoUrl::Local(path) => {
+                let dir = path.join(format!(".ferry-bench-{:08x}", rand::random::<u32>()));
+                (Arc::new(LocalSink::create(&dir)?), Some(dir))
+            }
+        },
+    };
+    if args.cold {
+        drop_page_cache()?;
+    }
+    let mut options = BackupOptions::new("bench");
+    options.chunk_size = check_chunk_size(args.chunk_size)?;
+    options.zstd_level = args.zstd_level;
+    let result = run_bench(&image, sink, &options, SAMPLE_LIMIT);
+    if let Some(dir) = cleanup_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let report = result.context("benchmark failed")?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "image {} ({} MiB virtual), reader {}",
+            report.image,
+            report.virtual_size >> 20,
+            report.reader
+        );
+        for s in report.stages.iter().chain([&report.pipeline]) {
+            println!(
+                "{:<11} {:>9.0} MiB/s  ({} MiB in {:.2} s)",
+                s.stage,
+                s.mib_per_s,
+                s.bytes >> 20,
+                s.seconds
+            );
+        }
+        println!(
+            "bottleneck: {}; pipeline = {:.2}x the bottleneck stage, {:.2}x the raw sink write rate",
+            report.bottleneck, report.pipeline_vs_bottleneck, report.pipeline_vs_sink_write
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A private scratch directory (0700).
+fn tempdir_in(base: &std::path::Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = base.join(format!("ferry-bench-{:08x}", rand::random::<u32>()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn drop_page_cache() -> Result<()> {
+    rustix::fs::sync();
+    if let Err(e) = std::fs::write("/proc/sys/vm/drop_caches", "3") {
+        bail!("--cold needs root to drop the page cache: {e}");
+    }
+    Ok(())
+}

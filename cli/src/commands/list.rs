@@ -1,0 +1,97 @@
+//! `ferry list`: snapshots with time, name, disks and sizes.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::args::ListArgs;
+use crate::commands::{open_repo, print_json};
+use crate::size::human;
+use crate::time::utc;
+
+#[derive(Serialize)]
+struct Listed {
+    snapshot: String,
+    name: String,
+    time: String,
+    time_unix: u64,
+    hostname: String,
+    disks: Vec<ListedDisk>,
+}
+
+#[derive(Serialize)]
+struct ListedDisk {
+    name: String,
+    virtual_size: u64,
+    data_bytes: u64,
+    source: String,
+}
+
+#[derive(Serialize)]
+struct Damaged {
+    snapshot: String,
+    error: String,
+}
+
+pub fn run(args: ListArgs) -> Result<ExitCode> {
+    let repo = open_repo(&args.repo)?;
+    let mut listed = Vec::new();
+    let mut damaged = Vec::new();
+    for id in repo.snapshot_ids()? {
+        match repo.load_meta(&id) {
+            Ok(meta) => listed.push(Listed {
+                snapshot: id,
+                name: meta.name,
+                time: utc(meta.finished_unix),
+                time_unix: meta.finished_unix,
+                hostname: meta.hostname,
+                disks: meta
+                    .disks
+                    .into_iter()
+                    .map(|d| ListedDisk {
+                        name: d.name,
+                        virtual_size: d.virtual_size,
+                        data_bytes: d.data_bytes,
+                        source: d.source,
+                    })
+                    .collect(),
+            }),
+            Err(e) => damaged.push(Damaged {
+                snapshot: id,
+                error: e.to_string(),
+            }),
+        }
+    }
+    listed.sort_by(|a, b| (a.time_unix, &a.snapshot).cmp(&(b.time_unix, &b.snapshot)));
+    if args.json {
+        print_json(&serde_json::json!({ "snapshots": listed, "damaged": damaged }))?;
+    } else {
+        println!("{:<16}  {:<20}  {:<24}  disks", "snapshot", "time", "name");
+        for s in &listed {
+            let disks: Vec<String> = s
+                .disks
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} {} ({} data)",
+                        d.name,
+                        human(d.virtual_size),
+                        human(d.data_bytes)
+                    )
+                })
+                .collect();
+            println!(
+                "{:<16}  {:<20}  {:<24}  {}",
+                s.snapshot,
+                s.time,
+                s.name,
+                disks.join(", ")
+            );
+        }
+        for d in &damaged {
+            println!("{:<16}  DAMAGED: {}", d.snapshot, d.error);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+//! `ferry`: live, deduplicated, verified backups of disk images into a repository.
+//!
+//! Exit status: 0 on success, 1 on any error (one line on stderr naming the problem), 2 on a
+//! usage error, 3 when `verify` finds damage.
+
+mod args;
+mod commands;
+mod logger;
+mod progress;
+mod repo_url;
+mod size;
+mod time;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+/// Exit status when `ferry verify` finds problems.
+pub const EXIT_DAMAGED: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logger::init(cli.verbose);
+    let result = match cli.command {
+        Command::Init(a) => commands::init::run(a),
+        Command::Backup(a) => commands::backup::run(a),
+        Command::List(a) => commands::list::run(a),
+        Command::Restore(a) => commands::restore::run(a),
+        Command::Verify(a) => commands::verify::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::GenImage(a) => commands::gen_image::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {}", error_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause the message already holds.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}

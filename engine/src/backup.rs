@@ -1,0 +1,510 @@
+//! Backup: images in, one published snapshot out.
+//!
+//! Per disk, a pipeline of bounded stages on a fixed set of threads:
+//!
+//! ```text
+//! reader (io_uring) --chunks--> workers x N --objects--> uploaders x M --results--> collector
+//!   holes: sent without a buffer       zero check, BLAKE3, dedup,          put-if-absent       index, stats,
+//!                                      zstd (only for new chunks)                              progress
+//! ```
+//!
+//! Memory is bounded by the read buffer pool plus `2 * M` encoded objects in the upload queue,
+//! whatever the disk size. The index (32 bytes per chunk) is the only state that grows with
+//! the disk, at 1/131072 of its size with 4 MiB chunks.
+//!
+//! Dedup never asks the sink whether a chunk exists: ids of the last snapshot of the same
+//! name are known to be stored (published manifests only name stored chunks), ids already
+//! claimed in this run are skipped, and everything else is written with put-if-absent, whose
+//! `AlreadyExists` answer is itself the dedup.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use ferry_sinks::{PutMode, PutOutcome};
+use serde::Serialize;
+
+use crate::chunk_codec::ChunkEncoder;
+use crate::chunk_id::{ChunkId, is_all_zero};
+use crate::digest::ImageDigest;
+use crate::error::EngineError;
+use crate::manifest::{DiskMeta, Manifest, SnapshotMeta, check_disk_name};
+use crate::progress::Progress;
+use crate::reader::{
+    BufferPool, ImageSource, ReadChunk, ReadResult, ReaderKind, ReaderMode, ReaderOptions,
+    ReaderOutput, run_reader,
+};
+use crate::repository::Repository;
+
+/// Tuning and naming of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Snapshot name: the domain, or a name for an image backup.
+    pub name: String,
+    pub chunk_size: u32,
+    pub zstd_level: i32,
+    /// Hash/compress threads (default: every core).
+    pub workers: usize,
+    /// Concurrent sink writes.
+    pub uploaders: usize,
+    /// Reads in flight.
+    pub queue_depth: usize,
+    /// Bytes of read buffers (the pool): bounds the pipeline's memory.
+    pub buffer_bytes: usize,
+    pub reader_mode: ReaderMode,
+    /// Domain XML to store beside the disks.
+    pub domain_xml: Option<String>,
+}
+
+impl BackupOptions {
+    /// Defaults: 4 MiB chunks, zstd level 1, all cores, 8 uploaders, 16 reads in flight,
+    /// 192 MiB of buffers.
+    pub fn new(name: impl Into<String>) -> BackupOptions {
+        BackupOptions {
+            name: name.into(),
+            chunk_size: crate::config::DEFAULT_CHUNK_SIZE,
+            zstd_level: 1,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            uploaders: 8,
+            queue_depth: 16,
+            buffer_bytes: 192 << 20,
+            reader_mode: ReaderMode::Auto,
+            domain_xml: None,
+        }
+    }
+}
+
+/// One image to back up, named as it will appear in the snapshot.
+#[derive(Debug, Clone)]
+pub struct DiskSource {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Counters of one backup (also per disk).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct BackupCounts {
+    /// Bytes read from the images (holes are not read).
+    pub bytes_read: u64,
+    /// Bytes written to the sink: new chunk objects, plus the manifest in the total.
+    pub bytes_written: u64,
+    pub chunks_total: u64,
+    /// Chunks written to the sink by this backup.
+    pub chunks_new: u64,
+    /// Non-zero chunks that were already stored.
+    pub chunks_reused: u64,
+    /// All-zero chunks (holes and written zeros): recorded in the index, never stored.
+    pub chunks_zero: u64,
+}
+
+impl BackupCounts {
+    fn add(&mut self, other: &BackupCounts) {
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+        self.chunks_total += other.chunks_total;
+        self.chunks_new += other.chunks_new;
+        self.chunks_reused += other.chunks_reused;
+        self.chunks_zero += other.chunks_zero;
+    }
+}
+
+/// Per-disk part of a [`BackupReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskReport {
+    pub name: String,
+    pub source: String,
+    pub virtual_size: u64,
+    pub image_digest: String,
+    /// The I/O path taken: `io_uring+O_DIRECT`, `pread`, …
+    pub reader: String,
+    #[serde(flatten)]
+    pub counts: BackupCounts,
+}
+
+/// Result of a successful backup (`ferry backup --json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// Id of the published snapshot.
+    pub snapshot: String,
+    pub name: String,
+    #[serde(flatten)]
+    pub counts: BackupCounts,
+    pub seconds: f64,
+    pub disks: Vec<DiskReport>,
+}
+
+/// Backs up `disks` into one new snapshot of `repo`. Chunks are stored first; the manifest is
+/// published last, only when every chunk it names is durably stored. On error nothing is
+/// published (stored chunks stay, unreferenced, for a later backup to reuse).
+pub fn backup(
+    repo: &Repository,
+    disks: &[DiskSource],
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupReport, EngineError> {
+    let started = Instant::now();
+    let started_unix = unix_now();
+    check_options(disks, options)?;
+    let known = known_chunks(repo, &options.name)?;
+    let claimed = Mutex::new(HashSet::new());
+    let mut total = BackupCounts::default();
+    let mut disk_metas = Vec::new();
+    let mut indexes = Vec::new();
+    let mut disk_reports = Vec::new();
+    for disk in disks {
+        let source = ImageSource::open(&disk.path, options.reader_mode == ReaderMode::Auto)?;
+        progress.start_disk(&disk.name, source.size);
+        let run = DiskRun {
+            repo,
+            options,
+            known: &known,
+            claimed: &claimed,
+            progress,
+        };
+        let done = run.run(&source)?;
+        progress.finish_disk(&disk.name);
+        let image_digest = ImageDigest::of_index(source.size, options.chunk_size, &done.index);
+        total.add(&done.counts);
+        disk_reports.push(DiskReport {
+            name: disk.name.clone(),
+            source: disk.path.display().to_string(),
+            virtual_size: source.size,
+            image_digest: image_digest.clone(),
+            reader: done.reader.describe(source.direct.is_some()).to_owned(),
+            counts: done.counts,
+        });
+        disk_metas.push(DiskMeta {
+            name: disk.name.clone(),
+            source: disk.path.display().to_string(),
+            virtual_size: source.size,
+            chunk_size: options.chunk_size,
+            image_digest,
+            data_bytes: done.data_bytes,
+        });
+        indexes.push(done.index);
+    }
+    let manifest = Manifest {
+        meta: SnapshotMeta {
+            name: options.name.clone(),
+            hostname: hostname(),
+            started_unix,
+            finished_unix: unix_now(),
+            ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
+            domain_xml: options.domain_xml.clone(),
+            disks: disk_metas,
+        },
+        indexes,
+    };
+    let encoded_len = manifest.encode().len() as u64;
+    let snapshot = repo.publish_snapshot(&manifest)?;
+    total.bytes_written += encoded_len;
+    Ok(BackupReport {
+        snapshot,
+        name: options.name.clone(),
+        counts: total,
+        seconds: started.elapsed().as_secs_f64(),
+        disks: disk_reports,
+    })
+}
+
+fn check_options(disks: &[DiskSource], options: &BackupOptions) -> Result<(), EngineError> {
+    crate::config::check_chunk_size(u64::from(options.chunk_size))?;
+    if !(-7..=22).contains(&options.zstd_level) {
+        return Err(EngineError::InvalidOption(format!(
+            "zstd level {} is outside -7..=22",
+            options.zstd_level
+        )));
+    }
+    if options.name.is_empty() || options.name.len() > 255 || options.name.contains('\0') {
+        return Err(EngineError::InvalidOption(
+            "snapshot name must be 1 to 255 bytes without NUL".into(),
+        ));
+    }
+    if disks.is_empty() {
+        return Err(EngineError::InvalidOption("nothing to back up".into()));
+    }
+    let mut names = HashSet::new();
+    for disk in disks {
+        check_disk_name(&disk.name)
+            .map_err(|e| EngineError::InvalidOption(format!("disk name {:?}: {e}", disk.name)))?;
+        if !names.insert(&disk.name) {
+            return Err(EngineError::InvalidOption(format!(
+                "disk name {:?} given twice",
+                disk.name
+            )));
+        }
+    }
+    if options.workers == 0 || options.uploaders == 0 || options.queue_depth == 0 {
+        return Err(EngineError::InvalidOption(
+            "workers, uploaders and queue depth must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Ids stored by the most recent snapshot named `name`: known present without asking the sink.
+fn known_chunks(repo: &Repository, name: &str) -> Result<HashSet<ChunkId>, EngineError> {
+    let Some(id) = repo.latest_snapshot_named(name)? else {
+        return Ok(HashSet::new());
+    };
+    let snapshot = match repo.load_snapshot(&id) {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot use snapshot {id} for dedup ({e}); every chunk will be offered");
+            return Ok(HashSet::new());
+        }
+    };
+    Ok(snapshot
+        .manifest
+        .indexes
+        .iter()
+        .flatten()
+        .filter(|id| !id.is_zero_mark())
+        .copied()
+        .collect())
+}
+
+/// What a worker or uploader reports for one chunk.
+struct ChunkDone {
+    index: u64,
+    id: ChunkId,
+    len: usize,
+    read: bool,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    Zero,
+    Reused,
+    Written(u64),
+}
+
+/// An encoded chunk on its way to the sink.
+struct Upload {
+    index: u64,
+    id: ChunkId,
+    len: usize,
+    object: Vec<u8>,
+}
+
+struct DiskDone {
+    index: Vec<ChunkId>,
+    counts: BackupCounts,
+    data_bytes: u64,
+    reader: ReaderKind,
+}
+
+/// One disk's pipeline.
+struct DiskRun<'a> {
+    repo: &'a Repository,
+    options: &'a BackupOptions,
+    known: &'a HashSet<ChunkId>,
+    claimed: &'a Mutex<HashSet<ChunkId>>,
+    progress: &'a dyn Progress,
+}
+
+impl DiskRun<'_> {
+    fn run(&self, source: &ImageSource) -> Result<DiskDone, EngineError> {
+        let chunk_size = self.options.chunk_size as usize;
+        let chunk_count = source.size.div_ceil(chunk_size as u64);
+        let buffers = (self.options.buffer_bytes / chunk_size)
+            .max(self.options.queue_depth + self.options.workers + 2);
+        let pool = BufferPool::new(buffers, chunk_size);
+        let reader_options = ReaderOptions {
+            chunk_size: self.options.chunk_size,
+            queue_depth: self.options.queue_depth,
+            mode: self.options.reader_mode,
+        };
+        let (read_tx, read_rx) = bounded::<ReadResult>(buffers);
+        let (upload_tx, upload_rx) = bounded::<Upload>(self.options.uploaders * 2);
+        let (done_tx, done_rx) = unbounded::<Result<ChunkDone, EngineError>>();
+        let (cancel_tx, cancel_rx) = bounded::<()>(0);
+
+        std::thread::scope(|scope| {
+            let reader = scope.spawn({
+                let cancel_rx = cancel_rx.clone();
+                move || {
+                    let output = ReaderOutput {
+                        chunks: &read_tx,
+                        cancel: &cancel_rx,
+                    };
+                    run_reader(source, &reader_options, &pool, &output)
+                }
+            });
+            for _ in 0..self.options.workers {
+                let (read_rx, upload_tx, done_tx) =
+                    (read_rx.clone(), upload_tx.clone(), done_tx.clone());
+                scope.spawn(move || self.work(read_rx, upload_tx, done_tx));
+            }
+            for _ in 0..self.options.uploaders {
+                let (upload_rx, done_tx) = (upload_rx.clone(), done_tx.clone());
+                scope.spawn(move || self.upload(upload_rx, done_tx));
+            }
+            drop((read_rx, upload_tx, upload_rx, done_tx, cancel_rx));
+
+            let collected = self.collect(&done_rx, chunk_count);
+            // Stop every stage: the reader waits on `cancel`, the others on their channels.
+            drop(cancel_tx);
+            drop(done_rx);
+            let reader_kind = reader.join().expect("reader thread panicked");
+            collected.map(|mut done| {
+                done.reader = reader_kind;
+                done
+            })
+        })
+    }
+
+    /// Receives one result per chunk and assembles the index.
+    fn collect(
+        &self,
+        done_rx: &Receiver<Result<ChunkDone, EngineError>>,
+        chunk_count: u64,
+    ) -> Result<DiskDone, EngineError> {
+        let mut index = vec![ChunkId::ZERO_MARK; chunk_count as usize];
+        let mut counts = BackupCounts {
+            chunks_total: chunk_count,
+            ..BackupCounts::default()
+        };
+        let mut data_bytes = 0;
+        for _ in 0..chunk_count {
+            let done = done_rx.recv().map_err(|_| EngineError::Cancelled)??;
+            if done.read {
+                counts.bytes_read += done.len as u64;
+            }
+            match done.outcome {
+                Outcome::Zero => counts.chunks_zero += 1,
+                Outcome::Reused => counts.chunks_reused += 1,
+                Outcome::Written(bytes) => {
+                    counts.chunks_new += 1;
+                    counts.bytes_written += bytes;
+                }
+            }
+            if !matches!(done.outcome, Outcome::Zero) {
+                data_bytes += done.len as u64;
+                index[done.index as usize] = done.id;
+            }
+            self.progress.advance(done.len as u64);
+        }
+        Ok(DiskDone {
+            index,
+            counts,
+            data_bytes,
+            reader: ReaderKind::Pread,
+        })
+    }
+
+    /// Worker: zero check, hash, dedup decision, compression.
+    fn work(
+        &self,
+        read_rx: Receiver<ReadResult>,
+        upload_tx: Sender<Upload>,
+        done_tx: Sender<Result<ChunkDone, EngineError>>,
+    ) {
+        let mut encoder = None;
+        for read in read_rx {
+            let result = self.process(read, &mut encoder);
+            let sent = match result {
+                Ok(Processed::Done(done)) => done_tx.send(Ok(done)).is_ok(),
+                Ok(Processed::Upload(upload)) => upload_tx.send(upload).is_ok(),
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    false
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+
+    fn process(
+        &self,
+        read: ReadResult,
+        encoder: &mut Option<ChunkEncoder>,
+    ) -> Result<Processed, EngineError> {
+        let ReadChunk {
+            index, len, data, ..
+        } = read?;
+        let done = |id, read, outcome| {
+            Ok(Processed::Done(ChunkDone {
+                index,
+                id,
+                len,
+                read,
+                outcome,
+            }))
+        };
+        let Some(data) = data else {
+            return done(ChunkId::ZERO_MARK, false, Outcome::Zero);
+        };
+        if is_all_zero(&data) {
+            return done(ChunkId::ZERO_MARK, true, Outcome::Zero);
+        }
+        let id = ChunkId::of(&data);
+        let first_claim =
+            !self.known.contains(&id) && self.claimed.lock().expect("claimed set lock").insert(id);
+        if !first_claim {
+            return done(id, true, Outcome::Reused);
+        }
+        let encoder = match encoder {
+            Some(e) => e,
+            None => encoder.insert(
+                ChunkEncoder::new(self.options.zstd_level)
+                    .map_err(|e| EngineError::io("starting zstd", e))?,
+            ),
+        };
+        let object = encoder
+            .encode(&data)
+            .map_err(|e| EngineError::io(format!("compressing chunk {id}"), e))?;
+        Ok(Processed::Upload(Upload {
+            index,
+            id,
+            len,
+            object,
+        }))
+    }
+
+    /// Uploader: put-if-absent of each encoded chunk.
+    fn upload(&self, upload_rx: Receiver<Upload>, done_tx: Sender<Result<ChunkDone, EngineError>>) {
+        let sink = self.repo.sink();
+        for upload in upload_rx {
+            let key = Repository::chunk_key(&upload.id);
+            let result = sink
+                .put(&key, &upload.object, PutMode::Create)
+                .map_err(EngineError::from)
+                .map(|outcome| ChunkDone {
+                    index: upload.index,
+                    id: upload.id,
+                    len: upload.len,
+                    read: true,
+                    outcome: match outcome {
+                        PutOutcome::Written => Outcome::Written(upload.object.len() as u64),
+                        PutOutcome::AlreadyExists => Outcome::Reused,
+                    },
+                });
+            let failed = result.is_err();
+            if done_tx.send(result).is_err() || failed {
+                return;
+            }
+        }
+    }
+}
+
+enum Processed {
+    Done(ChunkDone),
+    Upload(Upload),
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}

@@ -1,0 +1,256 @@
+//! `ferry bench`: throughput of each pipeline stage alone and of the whole pipeline, measured
+//! in one run on one image, so the ratios between them are meaningful on any machine.
+//!
+//! Stages, each in MiB/s of the data it handles:
+//! - `read`: the reader alone over the whole image (holes skipped, as in a backup);
+//! - `hash`: BLAKE3 of the sampled data chunks, on every worker thread;
+//! - `compress`: zstd of the sampled data chunks at the chosen level, on every worker thread;
+//! - `sink_write`: put-if-absent of the encoded sample objects into the sink, with the
+//!   backup's number of concurrent uploaders;
+//! - `pipeline`: a real backup of the image into a fresh repository in the same sink.
+//!
+//! The slowest single stage is named as the bottleneck; `pipeline / bottleneck` shows how much
+//! of the best possible overlap the pipeline achieves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crossbeam_channel::bounded;
+use ferry_sinks::{ObjectKey, PutMode, Sink};
+use serde::Serialize;
+
+use crate::backup::{BackupOptions, DiskSource, backup};
+use crate::chunk_codec::ChunkEncoder;
+use crate::chunk_id::{ChunkId, is_all_zero};
+use crate::error::EngineError;
+use crate::progress::NoProgress;
+use crate::reader::{BufferPool, ImageSource, ReaderOptions, ReaderOutput, run_reader};
+use crate::repository::Repository;
+
+/// Throughput of one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageResult {
+    pub stage: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mib_per_s: f64,
+}
+
+/// Everything `ferry bench` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub image: String,
+    pub virtual_size: u64,
+    /// Bytes of data chunks sampled for the hash, compress and write stages.
+    pub sample_bytes: u64,
+    pub reader: String,
+    pub stages: Vec<StageResult>,
+    pub pipeline: StageResult,
+    /// The slowest of the single stages.
+    pub bottleneck: String,
+    /// Pipeline throughput divided by the bottleneck stage's.
+    pub pipeline_vs_bottleneck: f64,
+    /// Pipeline throughput divided by the sink's raw write rate.
+    pub pipeline_vs_sink_write: f64,
+}
+
+/// Runs every stage on `image`, writing into `sink` (which must be empty or a throwaway prefix:
+/// the pipeline stage creates a repository in it).
+pub fn run_bench(
+    image: &std::path::Path,
+    sink: Arc<dyn Sink>,
+    options: &BackupOptions,
+    sample_limit: usize,
+) -> Result<BenchReport, EngineError> {
+    let source = ImageSource::open(image, true)?;
+    let (read, sample, reader) = read_stage(&source, options, sample_limit)?;
+    let workers = options.workers.max(1);
+    let sample_bytes: u64 = sample.iter().map(|c| c.len() as u64).sum();
+
+    let hash = timed("hash", sample_bytes, || {
+        parallel(&sample, workers, |_: &mut (), chunk| {
+            std::hint::black_box(ChunkId::of(chunk));
+            Ok(())
+        })
+    })?;
+    let encoded = std::sync::Mutex::new(Vec::with_capacity(sample.len()));
+    let level = options.zstd_level;
+    let compress = timed("compress", sample_bytes, || {
+        parallel(
+            &sample,
+            workers,
+            |encoder: &mut Option<ChunkEncoder>, chunk| {
+                let encoder = match encoder {
+                    Some(e) => e,
+                    None => encoder
+                        .insert(ChunkEncoder::new(level).map_err(|e| EngineError::io("zstd", e))?),
+                };
+                let object = encoder
+                    .encode(chunk)
+                    .map_err(|e| EngineError::io("zstd", e))?;
+                encoded
+                    .lock()
+                    .expect("encoded lock")
+                    .push((ChunkId::of(chunk), object));
+                Ok(())
+            },
+        )
+    })?;
+    let encoded = encoded.into_inner().expect("encoded lock");
+    let encoded_bytes: u64 = encoded.iter().map(|(_, o)| o.len() as u64).sum();
+    let write = timed("sink_write", encoded_bytes, || {
+        parallel(
+            &encoded,
+            options.uploaders,
+            |_: &mut Option<()>, (id, object)| {
+                let key = ObjectKey::new(format!("bench-objects/{id}")).expect("valid key");
+                sink.put(&key, object, PutMode::Create)?;
+                Ok(())
+            },
+        )
+    })?;
+    for (id, _) in &encoded {
+        let key = ObjectKey::new(format!("bench-objects/{id}")).expect("valid key");
+        sink.delete(&key)?;
+    }
+
+    let repo = Repository::init(Arc::clone(&sink), options.chunk_size)?;
+    let disk = DiskSource {
+        name: "bench".into(),
+        path: image.to_owned(),
+    };
+    let started = Instant::now();
+    let report = backup(&repo, &[disk], options, &NoProgress)?;
+    let pipeline = stage(
+        "pipeline",
+        report.counts.bytes_read,
+        started.elapsed().as_secs_f64(),
+    );
+
+    let stages = vec![read, hash, compress, write];
+    let bottleneck = stages
+        .iter()
+        .min_by(|a, b| a.mib_per_s.total_cmp(&b.mib_per_s))
+        .expect("four stages");
+    Ok(BenchReport {
+        image: image.display().to_string(),
+        virtual_size: source.size,
+        sample_bytes,
+        reader,
+        pipeline_vs_bottleneck: pipeline.mib_per_s / bottleneck.mib_per_s,
+        pipeline_vs_sink_write: pipeline.mib_per_s / stages[3].mib_per_s,
+        bottleneck: bottleneck.stage.clone(),
+        pipeline,
+        stages,
+    })
+}
+
+/// Reads the whole image as a backup would, keeping up to `sample_limit` bytes of non-zero
+/// chunks for the CPU and sink stages.
+fn read_stage(
+    source: &ImageSource,
+    options: &BackupOptions,
+    sample_limit: usize,
+) -> Result<(StageResult, Vec<Vec<u8>>, String), EngineError> {
+    let chunk_size = options.chunk_size as usize;
+    let buffers = (options.buffer_bytes / chunk_size).max(options.queue_depth + 2);
+    let pool = BufferPool::new(buffers, chunk_size);
+    let reader_options = ReaderOptions {
+        chunk_size: options.chunk_size,
+        queue_depth: options.queue_depth,
+        mode: options.reader_mode,
+    };
+    let (tx, rx) = bounded(buffers);
+    let (cancel_tx, cancel_rx) = bounded::<()>(0);
+    let started = Instant::now();
+    let (kind, sample, bytes) = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || {
+            let output = ReaderOutput {
+                chunks: &tx,
+                cancel: &cancel_rx,
+            };
+            run_reader(source, &reader_options, &pool, &output)
+        });
+        let mut sample = Vec::new();
+        let mut kept = 0usize;
+        let mut bytes = 0u64;
+        let mut failure = None;
+        for chunk in rx {
+            match chunk {
+                Ok(chunk) => {
+                    if let Some(data) = chunk.data {
+                        bytes += data.len() as u64;
+                        if kept < sample_limit && !is_all_zero(&data) {
+                            kept += data.len();
+                            sample.push(data.to_vec());
+                        }
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(cancel_tx);
+        let kind = reader.join().expect("reader thread panicked");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((kind, sample, bytes)),
+        }
+    })?;
+    let read = stage("read", bytes, started.elapsed().as_secs_f64());
+    Ok((
+        read,
+        sample,
+        kind.describe(source.direct.is_some()).to_owned(),
+    ))
+}
+
+fn stage(name: &str, bytes: u64, seconds: f64) -> StageResult {
+    StageResult {
+        stage: name.to_owned(),
+        bytes,
+        seconds,
+        mib_per_s: bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+    }
+}
+
+fn timed(
+    name: &str,
+    bytes: u64,
+    f: impl FnOnce() -> Result<(), EngineError>,
+) -> Result<StageResult, EngineError> {
+    let started = Instant::now();
+    f()?;
+    Ok(stage(name, bytes, started.elapsed().as_secs_f64()))
+}
+
+/// Runs `f` over `items` on `threads` threads, each with its own state.
+fn parallel<T: Sync, S: Default>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&mut S, &T) -> Result<(), EngineError> + Sync,
+) -> Result<(), EngineError> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = S::default();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return Ok(());
+                        };
+                        f(&mut state, item)?;
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().expect("bench thread panicked"))
+    })
+}

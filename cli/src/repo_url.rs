@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
 
@@ -39,9 +39,17 @@ impl RepoUrl {
     /// The sink of an existing location.
     pub fn open(&self) -> Result<Arc<dyn Sink>> {
         match self {
-            RepoUrl::Local(path) => Ok(Arc::new(
-                LocalSink::open(path).with_context(|| "cannot open repository")?,
-            )),
+            RepoUrl::Local(path) => {
+                if let Err(e) = std::fs::metadata(path)
+                    && e.kind() == std::io::ErrorKind::NotFound
+                {
+                    bail!(
+                        "{} does not exist; create a repository there with `ferry init` first",
+                        path.display()
+                    );
+                }
+                Ok(Arc::new(LocalSink::open(path)?))
+            }
         }
     }
 

@@ -321,6 +321,9 @@ impl DiskRun<'_> {
         let (upload_tx, upload_rx) = bounded::<Upload>(self.options.uploaders * 2);
         let (done_tx, done_rx) = unbounded::<Result<ChunkDone, EngineError>>();
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
+        // Object buffers come back from the uploaders, so encoding reuses warm memory.
+        let (recycle_tx, recycle_rx) =
+            bounded::<Vec<u8>>(self.options.uploaders * 3 + self.options.workers);
 
         std::thread::scope(|scope| {
             let reader = scope.spawn({
@@ -334,15 +337,21 @@ impl DiskRun<'_> {
                 }
             });
             for _ in 0..self.options.workers {
-                let (read_rx, upload_tx, done_tx) =
-                    (read_rx.clone(), upload_tx.clone(), done_tx.clone());
-                scope.spawn(move || self.work(read_rx, upload_tx, done_tx));
+                let stage = WorkerChannels {
+                    reads: read_rx.clone(),
+                    uploads: upload_tx.clone(),
+                    done: done_tx.clone(),
+                    recycled: recycle_rx.clone(),
+                };
+                scope.spawn(move || self.work(stage));
             }
             for _ in 0..self.options.uploaders {
-                let (upload_rx, done_tx) = (upload_rx.clone(), done_tx.clone());
-                scope.spawn(move || self.upload(upload_rx, done_tx));
+                let (upload_rx, done_tx, recycle_tx) =
+                    (upload_rx.clone(), done_tx.clone(), recycle_tx.clone());
+                scope.spawn(move || self.upload(upload_rx, done_tx, recycle_tx));
             }
             drop((read_rx, upload_tx, upload_rx, done_tx, cancel_rx));
+            drop((recycle_tx, recycle_rx));
 
             let collected = self.collect(&done_rx, chunk_count);
             // Stop every stage: the reader waits on `cancel`, the others on their channels.
@@ -396,20 +405,15 @@ impl DiskRun<'_> {
     }
 
     /// Worker: zero check, hash, dedup decision, compression.
-    fn work(
-        &self,
-        read_rx: Receiver<ReadResult>,
-        upload_tx: Sender<Upload>,
-        done_tx: Sender<Result<ChunkDone, EngineError>>,
-    ) {
+    fn work(&self, channels: WorkerChannels) {
         let mut encoder = None;
-        for read in read_rx {
-            let result = self.process(read, &mut encoder);
+        for read in channels.reads {
+            let result = self.process(read, &mut encoder, &channels.recycled);
             let sent = match result {
-                Ok(Processed::Done(done)) => done_tx.send(Ok(done)).is_ok(),
-                Ok(Processed::Upload(upload)) => upload_tx.send(upload).is_ok(),
+                Ok(Processed::Done(done)) => channels.done.send(Ok(done)).is_ok(),
+                Ok(Processed::Upload(upload)) => channels.uploads.send(upload).is_ok(),
                 Err(e) => {
-                    let _ = done_tx.send(Err(e));
+                    let _ = channels.done.send(Err(e));
                     false
                 }
             };
@@ -423,6 +427,7 @@ impl DiskRun<'_> {
         &self,
         read: ReadResult,
         encoder: &mut Option<ChunkEncoder>,
+        recycled: &Receiver<Vec<u8>>,
     ) -> Result<Processed, EngineError> {
         let ReadChunk {
             index, len, data, ..
@@ -455,8 +460,9 @@ impl DiskRun<'_> {
                     .map_err(|e| EngineError::io("starting zstd", e))?,
             ),
         };
-        let object = encoder
-            .encode(&data)
+        let mut object = recycled.try_recv().unwrap_or_default();
+        encoder
+            .encode_into(&data, &mut object)
             .map_err(|e| EngineError::io(format!("compressing chunk {id}"), e))?;
         Ok(Processed::Upload(Upload {
             index,
@@ -466,8 +472,13 @@ impl DiskRun<'_> {
         }))
     }
 
-    /// Uploader: put-if-absent of each encoded chunk.
-    fn upload(&self, upload_rx: Receiver<Upload>, done_tx: Sender<Result<ChunkDone, EngineError>>) {
+    /// Uploader: put-if-absent of each encoded chunk; the buffer goes back to the workers.
+    fn upload(
+        &self,
+        upload_rx: Receiver<Upload>,
+        done_tx: Sender<Result<ChunkDone, EngineError>>,
+        recycle_tx: Sender<Vec<u8>>,
+    ) {
         let sink = self.repo.sink();
         for upload in upload_rx {
             let key = Repository::chunk_key(&upload.id);
@@ -484,12 +495,21 @@ impl DiskRun<'_> {
                         PutOutcome::AlreadyExists => Outcome::Reused,
                     },
                 });
+            let _ = recycle_tx.try_send(upload.object);
             let failed = result.is_err();
             if done_tx.send(result).is_err() || failed {
                 return;
             }
         }
     }
+}
+
+/// A worker's ends of the pipeline's channels.
+struct WorkerChannels {
+    reads: Receiver<ReadResult>,
+    uploads: Sender<Upload>,
+    done: Sender<Result<ChunkDone, EngineError>>,
+    recycled: Receiver<Vec<u8>>,
 }
 
 enum Processed {

@@ -49,9 +49,11 @@ pub enum ChunkDecodeError {
     IdMismatch { actual: ChunkId },
 }
 
-/// Compresses chunks into chunk objects. One per worker thread: it owns a zstd context.
+/// Compresses chunks into chunk objects. One per worker thread: it owns a zstd context and a
+/// scratch buffer, so steady-state encoding allocates nothing.
 pub struct ChunkEncoder {
     compressor: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
 }
 
 impl ChunkEncoder {
@@ -59,24 +61,37 @@ impl ChunkEncoder {
     pub fn new(level: i32) -> std::io::Result<ChunkEncoder> {
         Ok(ChunkEncoder {
             compressor: zstd::bulk::Compressor::new(level)?,
+            scratch: Vec::new(),
         })
     }
 
-    /// Encodes `raw` into a chunk object. Data that zstd cannot shrink is stored as is, so
-    /// random data costs one compression attempt and no expansion.
+    /// Encodes `raw` into a new chunk object.
     pub fn encode(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut object = Vec::new();
+        self.encode_into(raw, &mut object)?;
+        Ok(object)
+    }
+
+    /// Encodes `raw` into `object` (cleared first; its capacity is reused). Data that zstd
+    /// cannot shrink is stored as is, so random data costs one compression attempt and no
+    /// expansion.
+    pub fn encode_into(&mut self, raw: &[u8], object: &mut Vec<u8>) -> std::io::Result<()> {
         let raw_len = u32::try_from(raw.len())
             .map_err(|_| std::io::Error::other("chunk larger than 4 GiB"))?;
-        let compressed = self.compressor.compress(raw)?;
-        let (codec, payload) = if compressed.len() < raw.len() {
-            (CODEC_ZSTD, compressed.as_slice())
+        self.scratch.clear();
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+        self.compressor.compress_to_buffer(raw, &mut self.scratch)?;
+        let (codec, payload) = if self.scratch.len() < raw.len() {
+            (CODEC_ZSTD, self.scratch.as_slice())
         } else {
             (CODEC_STORED, raw)
         };
-        let mut object = Vec::with_capacity(CHUNK_HEADER_LEN + payload.len());
+        object.clear();
+        object.reserve(CHUNK_HEADER_LEN + payload.len());
         object.extend_from_slice(&header(codec, raw_len));
         object.extend_from_slice(payload);
-        Ok(object)
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! A repository: the config, chunk objects and snapshot manifests in one sink.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError};
 
@@ -87,13 +88,24 @@ impl Repository {
 
     /// Ids of every snapshot, sorted.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self
+            .snapshot_ids_with_times()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Ids of every snapshot, sorted, each with the time its manifest was stored (as the sink
+    /// records it). Manifests record whole seconds only; the stored time orders snapshots
+    /// that finished within the same second.
+    pub fn snapshot_ids_with_times(&self) -> Result<Vec<(String, SystemTime)>, EngineError> {
         let mut ids = Vec::new();
         for meta in self.sink.list(SNAPSHOTS_PREFIX)? {
             let meta = meta?;
             if let Some(id) = meta.key.as_str().strip_prefix(SNAPSHOTS_PREFIX)
                 && is_snapshot_id(id)
             {
-                ids.push(id.to_owned());
+                ids.push((id.to_owned(), meta.modified));
             }
         }
         ids.sort();
@@ -149,43 +161,48 @@ impl Repository {
 
     /// The most recent snapshot named `name` whose metadata reads, if any.
     pub fn latest_snapshot_named(&self, name: &str) -> Result<Option<String>, EngineError> {
-        let mut best: Option<(u64, String)> = None;
-        for id in self.snapshot_ids()? {
+        let mut best: Option<(u64, SystemTime, String)> = None;
+        for (id, stored) in self.snapshot_ids_with_times()? {
             let Ok(meta) = self.load_meta(&id) else {
                 continue;
             };
-            let key = (meta.finished_unix, id);
+            let key = (meta.finished_unix, stored, id);
             if meta.name == name && best.as_ref().is_none_or(|b| key > *b) {
                 best = Some(key);
             }
         }
-        Ok(best.map(|(_, id)| id))
+        Ok(best.map(|(_, _, id)| id))
     }
 
     /// Every snapshot that decodes, oldest first, plus the errors of those that do not.
     pub fn load_all_snapshots(&self) -> Result<(Vec<Snapshot>, Vec<EngineError>), EngineError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for id in self.snapshot_ids()? {
+        for (id, stored) in self.snapshot_ids_with_times()? {
             match self.load_snapshot(&id) {
-                Ok(s) => good.push(s),
+                Ok(s) => good.push((s.manifest.meta.finished_unix, stored, s)),
                 Err(e) => bad.push(e),
             }
         }
-        good.sort_by(|a, b| {
-            (a.manifest.meta.finished_unix, &a.id).cmp(&(b.manifest.meta.finished_unix, &b.id))
-        });
-        Ok((good, bad))
+        good.sort_by(|a, b| (a.0, a.1, &a.2.id).cmp(&(b.0, b.1, &b.2.id)));
+        Ok((good.into_iter().map(|(_, _, s)| s).collect(), bad))
     }
 
     /// Resolves a user's snapshot argument: a full id, a unique prefix of one, or `latest`.
     pub fn resolve_snapshot(&self, arg: &str) -> Result<String, EngineError> {
         if arg == "latest" {
-            let (all, _) = self.load_all_snapshots()?;
-            return all
-                .last()
-                .map(|s| s.id.clone())
-                .ok_or_else(|| EngineError::SnapshotNotFound(arg.to_owned()));
+            let (all, damaged) = self.load_all_snapshots()?;
+            let Some(latest) = all.last() else {
+                // Only damaged manifests: name the damage, not "no snapshot".
+                return Err(damaged
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| EngineError::SnapshotNotFound(arg.to_owned())));
+            };
+            for e in &damaged {
+                log::warn!("`latest` skips a damaged snapshot: {e}");
+            }
+            return Ok(latest.id.clone());
         }
         let matches: Vec<String> = self
             .snapshot_ids()?

@@ -12,6 +12,8 @@ use crate::time::utc;
 
 #[derive(Serialize)]
 struct Listed {
+    #[serde(skip)]
+    stored: std::time::SystemTime,
     snapshot: String,
     name: String,
     time: String,
@@ -38,9 +40,10 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
     let repo = open_repo(&args.repo)?;
     let mut listed = Vec::new();
     let mut damaged = Vec::new();
-    for id in repo.snapshot_ids()? {
+    for (id, stored) in repo.snapshot_ids_with_times()? {
         match repo.load_meta(&id) {
             Ok(meta) => listed.push(Listed {
+                stored,
                 snapshot: id,
                 name: meta.name,
                 time: utc(meta.finished_unix),
@@ -63,7 +66,11 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
             }),
         }
     }
-    listed.sort_by(|a, b| (a.time_unix, &a.snapshot).cmp(&(b.time_unix, &b.snapshot)));
+    // Oldest first, as `latest` counts: manifests hold whole seconds, the time each was
+    // stored orders those of the same second.
+    listed.sort_by(|a, b| {
+        (a.time_unix, a.stored, &a.snapshot).cmp(&(b.time_unix, b.stored, &b.snapshot))
+    });
     if args.json {
         print_json(&serde_json::json!({ "snapshots": listed, "damaged": damaged }))?;
     } else {

@@ -17,9 +17,10 @@ use crate::repo_url::RepoUrl;
 
 /// Opens the repository named by `--repo`/`FERRY_REPO`.
 pub fn open_repo(arg: &RepoArg) -> Result<Repository> {
+    let context = || format!("cannot open repository {}", arg.repo);
     let url = RepoUrl::parse(&arg.repo)?;
-    let sink = url.open()?;
-    Repository::open(sink).with_context(|| format!("cannot open repository {}", arg.repo))
+    let sink = url.open().with_context(context)?;
+    Repository::open(sink).with_context(context)
 }
 
 /// Prints `value` as one JSON object on stdout.

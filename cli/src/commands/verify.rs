@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use ferry_engine::verify;
+use ferry_engine::{EngineError, verify};
 
 use crate::EXIT_DAMAGED;
 use crate::args::VerifyArgs;
@@ -12,11 +12,13 @@ use crate::progress::Bar;
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     let repo = open_repo(&args.repo)?;
-    let snapshot = args
-        .snapshot
-        .as_deref()
-        .map(|s| repo.resolve_snapshot(s))
-        .transpose()?;
+    let snapshot = match args.snapshot.as_deref().map(|s| repo.resolve_snapshot(s)) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        // `latest` when only damaged manifests exist: verify reports that damage (exit 3).
+        Some(Err(EngineError::Manifest { snapshot, .. })) => Some(snapshot),
+        Some(Err(e)) => return Err(e.into()),
+    };
     let report = verify(
         &repo,
         snapshot.as_deref(),

@@ -1,0 +1,292 @@
+//! User errors: each fails with a non-zero exit, one clear `ferry: error:` line naming the
+//! problem, and no damage to anything that was there before.
+
+mod common;
+
+use std::ffi::OsStr;
+
+use common::*;
+
+fn small_image(fx: &Fixture) -> std::path::PathBuf {
+    let image = fx.path("disk.img");
+    write_image(&image, 3 * CHUNK, &[(CHUNK, &random_bytes(31, 1000))]);
+    image
+}
+
+#[test]
+fn missing_image_is_named() {
+    let fx = Fixture::new();
+    let missing = fx.path("no-such.img");
+    let run = fx.run("backup", &[OsStr::new("--image"), missing.as_os_str()]);
+    run.error_line(&[missing.to_str().unwrap(), "No such file"]);
+    assert!(fx.snapshot_ids().is_empty());
+    assert!(fx.chunk_ids().is_empty());
+}
+
+#[test]
+fn directory_as_image_is_refused() {
+    let fx = Fixture::new();
+    let dir = fx.dir("images");
+    let run = fx.run("backup", &[OsStr::new("--image"), dir.as_os_str()]);
+    run.error_line(&[dir.to_str().unwrap(), "not a regular file"]);
+    assert!(fx.snapshot_ids().is_empty());
+}
+
+#[test]
+fn restore_refuses_to_replace_an_existing_file_without_force() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    let out = fx.dir("out");
+    let target = out.join("existing.img");
+    std::fs::write(&target, b"do not touch").unwrap();
+
+    let run = fx.restore(&sid, &target, &[]);
+    run.error_line(&[target.to_str().unwrap(), "already exists", "--force"]);
+    assert_eq!(std::fs::read(&target).unwrap(), b"do not touch");
+    assert_eq!(dir_names(&out), ["existing.img"], "no temporary file left");
+
+    // A directory is never a target, even with --force.
+    let run = fx.restore(&sid, &out, &["--force"]);
+    run.error_line(&["is a directory"]);
+    assert_eq!(dir_names(&out), ["existing.img"]);
+
+    // With --force the file is replaced by the image.
+    fx.restore(&sid, &target, &["--force"]).success();
+    assert_same_file(&image, &target);
+    assert_eq!(dir_names(&out), ["existing.img"]);
+}
+
+#[test]
+fn restore_into_a_missing_directory_fails_cleanly() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    let target = fx.path("no-such-dir").join("x.img");
+    fx.restore(&sid, &target, &[]).error_line(&["no-such-dir"]);
+    assert!(!fx.path("no-such-dir").exists());
+}
+
+#[test]
+fn non_repository_directory_suggests_init() {
+    let fx = Fixture::new();
+    let plain = fx.dir("plain");
+    std::fs::write(plain.join("notes.txt"), b"hello").unwrap();
+    for sub in ["list", "verify"] {
+        let run = ferry(&[OsStr::new(sub), OsStr::new("--repo"), plain.as_os_str()]);
+        run.error_line(&[
+            plain.to_str().unwrap(),
+            "not a Ferry repository",
+            "ferry init",
+        ]);
+    }
+    let image = small_image(&fx);
+    let run = ferry(&[
+        OsStr::new("backup"),
+        OsStr::new("--repo"),
+        plain.as_os_str(),
+        OsStr::new("--image"),
+        image.as_os_str(),
+    ]);
+    run.error_line(&["ferry init"]);
+    assert_eq!(dir_names(&plain), ["notes.txt"], "nothing written into it");
+}
+
+#[test]
+fn missing_repository_directory_is_named_and_suggests_init() {
+    let fx = Fixture::new();
+    let missing = fx.path("no-repo-here");
+    let run = ferry(&[
+        OsStr::new("list"),
+        OsStr::new("--repo"),
+        missing.as_os_str(),
+    ]);
+    run.error_line(&[missing.to_str().unwrap(), "ferry init"]);
+    assert!(!missing.exists(), "list must not create the repository");
+}
+
+#[test]
+fn init_twice_fails_and_keeps_the_config() {
+    let fx = Fixture::new();
+    let config = fx.repo.join("config");
+    let before = std::fs::read(&config).unwrap();
+    let run = ferry(&[
+        OsStr::new("init"),
+        OsStr::new("--repo"),
+        fx.repo.as_os_str(),
+        OsStr::new("--chunk-size"),
+        OsStr::new("1M"),
+    ]);
+    run.error_line(&[fx.repo.to_str().unwrap(), "already"]);
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    assert_eq!(dir_names(&fx.repo), ["config"]);
+}
+
+#[test]
+fn init_refuses_a_non_empty_unrelated_directory() {
+    let fx = Fixture::new();
+    let dir = fx.dir("photos");
+    std::fs::write(dir.join("cat.jpg"), b"meow").unwrap();
+    let run = ferry(&[OsStr::new("init"), OsStr::new("--repo"), dir.as_os_str()]);
+    run.error_line(&[dir.to_str().unwrap(), "not empty"]);
+    assert_eq!(dir_names(&dir), ["cat.jpg"]);
+    assert_eq!(std::fs::read(dir.join("cat.jpg")).unwrap(), b"meow");
+}
+
+#[test]
+fn init_into_an_empty_or_missing_directory_works() {
+    let fx = Fixture::new();
+    let empty = fx.dir("empty");
+    let nested = fx.path("a/b/repo");
+    for repo in [&empty, &nested] {
+        let init = ferry(&[
+            OsStr::new("init"),
+            OsStr::new("--repo"),
+            repo.as_os_str(),
+            OsStr::new("--json"),
+        ])
+        .success()
+        .json();
+        assert_eq!(num(&init, "chunk_size"), 4 * MIB, "default chunk size");
+        assert_eq!(num(&init, "version"), 1);
+        assert_eq!(text(&init, "repository_id").len(), 16);
+        assert_eq!(dir_names(repo), ["config"]);
+    }
+}
+
+#[test]
+fn bad_chunk_size_is_refused_clearly() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let image = image.to_str().unwrap();
+    for size in ["3M", "32K", "128M"] {
+        let run = fx.run("backup", &["--image", image, "--chunk-size", size]);
+        run.error_line(&["chunk size", "power of two from 64 KiB to 64 MiB"]);
+        let repo = fx.path(&format!("repo-{size}"));
+        let run = ferry(&[
+            "init",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--chunk-size",
+            size,
+        ]);
+        run.error_line(&["chunk size", "power of two"]);
+        assert!(!repo.join("config").exists(), "no repository for {size}");
+    }
+    // Not a size at all: a usage error (exit 2) naming the value.
+    let run = fx.run("backup", &["--image", image, "--chunk-size", "4X"]);
+    let run = run.code(2);
+    assert!(run.stderr.contains("4X"), "{run}");
+    assert!(fx.snapshot_ids().is_empty());
+}
+
+#[test]
+fn unknown_snapshot_is_refused_clearly() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    // A valid-looking id that differs from the real one in its first digit.
+    let first = if sid.starts_with('0') { "1" } else { "0" };
+    let unknown = format!("{first}{}", &sid[1..]);
+    let target = fx.dir("out").join("x.img");
+    fx.restore(&unknown, &target, &[])
+        .error_line(&["no snapshot matches", &unknown]);
+    assert_no_restore_leftovers(&target);
+    fx.verify(&[&unknown])
+        .error_line(&["no snapshot matches", &unknown]);
+    fx.verify(&["not-hex"]).error_line(&["not-hex"]);
+
+    // An empty repository has no `latest`.
+    let empty = Fixture::new();
+    empty
+        .restore("latest", &target, &[])
+        .error_line(&["no snapshot matches", "latest"]);
+    assert_no_restore_leftovers(&target);
+}
+
+#[test]
+fn unknown_disk_is_refused_clearly() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    let target = fx.dir("out").join("x.img");
+    fx.restore(&sid, &target, &["--disk", "vdz"])
+        .error_line(&["vdz", "disk.img"]);
+    assert_no_restore_leftovers(&target);
+}
+
+#[test]
+fn s3_and_unknown_urls_are_refused_by_name() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let image = image.to_str().unwrap();
+    let cases: [&[&str]; 4] = [
+        &["init", "--repo", "s3://bucket/ferry"],
+        &["list", "--repo", "s3://bucket/ferry"],
+        &["verify", "--repo", "s3://bucket/ferry"],
+        &["backup", "--repo", "s3://bucket/ferry", "--image", image],
+    ];
+    for args in cases {
+        ferry(args).error_line(&["s3://", "not supported"]);
+    }
+    ferry(&["list", "--repo", "ftp://host/x"]).error_line(&["ftp://"]);
+    ferry(&["list", "--repo", "file://relative/x"]).error_line(&["absolute"]);
+    // file:// with an absolute path is the same repository as the plain path.
+    let url = format!("file://{}", fx.repo.display());
+    let list = ferry(&["list", "--json", "--repo", &url]).success().json();
+    assert_eq!(list["snapshots"], serde_json::json!([]));
+}
+
+#[test]
+fn ferry_repo_environment_variable_replaces_the_flag() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let env = [("FERRY_REPO", fx.repo.as_os_str())];
+    let backup = ferry_with_env(
+        &["backup", "--json", "--image", image.to_str().unwrap()],
+        &env,
+    )
+    .success()
+    .json();
+    let sid = text(&backup, "snapshot");
+    let list = ferry_with_env(&["list", "--json"], &env).success().json();
+    assert_eq!(list["snapshots"][0]["snapshot"], sid, "{list:#}");
+    let verify = ferry_with_env(&["verify", "--json", "--read-data"], &env)
+        .success()
+        .json();
+    assert_eq!(verify["clean"], true);
+    let target = fx.dir("out").join("x.img");
+    ferry_with_env(
+        &["restore", "latest", "--to", target.to_str().unwrap()],
+        &env,
+    )
+    .success();
+    assert_same_file(&image, &target);
+
+    // --repo wins over the environment.
+    let other = Fixture::new();
+    let list = ferry_with_env(
+        &["list", "--json", "--repo", other.repo.to_str().unwrap()],
+        &env,
+    )
+    .success()
+    .json();
+    assert_eq!(list["snapshots"], serde_json::json!([]));
+
+    // Without either, a usage error names the flag; the help names the variable.
+    let run = ferry(&["list"]).code(2);
+    assert!(run.stderr.contains("--repo"), "{run}");
+    let help = ferry(&["list", "--help"]).success();
+    assert!(help.stdout.contains("FERRY_REPO"), "{help}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    ferry(&["backup"]).code(2);
+    ferry(&["no-such-command"]).code(2);
+    ferry(&["verify", "--repo", "/nonexistent", "--threads", "many"]).code(2);
+    let help = ferry(&["--help"]).success();
+    for sub in ["init", "backup", "list", "restore", "verify", "gen-image"] {
+        assert!(help.stdout.contains(sub), "{help}");
+    }
+}

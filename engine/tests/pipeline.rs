@@ -1,0 +1,242 @@
+//! Engine-level tests of backup, restore and verify over in-memory and faulty sinks.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_engine::backup::{BackupOptions, DiskSource, backup};
+use ferry_engine::reader::ReaderMode;
+use ferry_engine::restore::{RestoreOptions, restore_disk};
+use ferry_engine::verify::{Problem, verify};
+use ferry_engine::{EngineError, NoProgress, Repository};
+use ferry_sinks::fault::{FailAfter, FlipBitOnRead};
+use ferry_sinks::memory::MemorySink;
+use ferry_sinks::{ObjectKey, Sink};
+
+const CHUNK: u32 = 64 << 10;
+
+/// Deterministic pseudo-random bytes.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 56) as u8
+        })
+        .collect()
+}
+
+/// An image with random data, a hole, written zeros and a short tail.
+fn write_image(dir: &Path, name: &str, seed: u64) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&noise(seed, 5 * CHUNK as usize)).unwrap();
+    file.write_all(&vec![0u8; 3 * CHUNK as usize]).unwrap();
+    file.set_len(20 * u64::from(CHUNK)).unwrap();
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(&noise(seed + 1, 777), 20 * u64::from(CHUNK))
+        .unwrap();
+    path
+}
+
+fn options(mode: ReaderMode) -> BackupOptions {
+    let mut o = BackupOptions::new("test");
+    o.chunk_size = CHUNK;
+    o.reader_mode = mode;
+    o.uploaders = 3;
+    o
+}
+
+fn new_repo(sink: Arc<dyn Sink>) -> Repository {
+    Repository::init(sink, CHUNK).unwrap()
+}
+
+#[test]
+fn both_readers_back_up_identically_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 1);
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let disk = [DiskSource {
+        name: "a".into(),
+        path: image.clone(),
+    }];
+    let uring = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    let pread = backup(&repo, &disk, &options(ReaderMode::Pread), &NoProgress).unwrap();
+    assert_eq!(uring.disks[0].image_digest, pread.disks[0].image_digest);
+    assert_eq!(uring.counts.chunks_total, 21);
+    assert_eq!(uring.counts.chunks_zero, 3 + 12);
+    assert_eq!(uring.counts.chunks_new, 6);
+    assert_eq!(pread.counts.chunks_new, 0);
+    assert_eq!(pread.counts.chunks_reused, 6);
+
+    let snapshot = repo.load_snapshot(&pread.snapshot).unwrap();
+    let target = dir.path().join("restored.img");
+    restore_disk(
+        &repo,
+        &snapshot,
+        0,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(&image).unwrap()
+    );
+}
+
+#[test]
+fn failed_upload_publishes_nothing_and_retry_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 2);
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    new_repo(Arc::clone(&memory));
+    // The config is written; allow two chunk puts, then fail.
+    let faulty = Repository::open(Arc::new(FailAfter::new(Arc::clone(&memory), 2))).unwrap();
+    let disk = [DiskSource {
+        name: "a".into(),
+        path: image,
+    }];
+    let err = backup(&faulty, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap_err();
+    assert!(matches!(err, EngineError::Sink(_)), "{err}");
+    let repo = Repository::open(memory).unwrap();
+    assert!(
+        repo.snapshot_ids().unwrap().is_empty(),
+        "no manifest after a failed upload"
+    );
+
+    // The next run stores the rest and publishes a snapshot that verifies.
+    let report = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(report.counts.chunks_new + report.counts.chunks_reused, 6);
+    assert!(
+        report.counts.chunks_reused >= 1,
+        "stored chunks are not uploaded twice"
+    );
+    assert!(
+        verify(&repo, None, true, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+}
+
+#[test]
+fn flipped_bit_on_read_is_caught_by_restore_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 3);
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let disk = [DiskSource {
+        name: "a".into(),
+        path: image,
+    }];
+    let report = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    let bad = Repository::open(Arc::new(FlipBitOnRead::matching(
+        memory,
+        100,
+        3,
+        |k: &ObjectKey| k.as_str().starts_with("chunks/"),
+    )))
+    .unwrap();
+    let snapshot = bad.load_snapshot(&report.snapshot).unwrap();
+    let target = dir.path().join("out.img");
+    let err = restore_disk(
+        &bad,
+        &snapshot,
+        0,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::ChunkCorrupt { .. }), "{err}");
+    assert!(
+        !target.exists(),
+        "no partial image is left under the target name"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("ferry-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    let found = verify(&bad, None, true, 2, &NoProgress).unwrap();
+    let corrupt = found
+        .problems
+        .iter()
+        .filter(|p| matches!(p, Problem::ChunkCorrupt { .. }))
+        .count();
+    assert_eq!(corrupt, 6, "{:?}", found.problems);
+    assert!(
+        verify(&bad, None, false, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+}
+
+#[test]
+fn many_disks_in_one_snapshot_share_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_image(dir.path(), "a.img", 4);
+    let b = dir.path().join("b.img");
+    std::fs::copy(&a, &b).unwrap();
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let disks = [
+        DiskSource {
+            name: "vda".into(),
+            path: a,
+        },
+        DiskSource {
+            name: "vdb".into(),
+            path: b,
+        },
+    ];
+    let report = backup(&repo, &disks, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(report.disks.len(), 2);
+    assert_eq!(
+        report.counts.chunks_new, 6,
+        "the copy is deduplicated within the run"
+    );
+    assert_eq!(report.disks[1].counts.chunks_reused, 6);
+    let snapshot = repo.load_snapshot(&report.snapshot).unwrap();
+    assert_eq!(snapshot.manifest.meta.disks[1].name, "vdb");
+}
+
+#[test]
+fn invalid_options_are_refused_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 5);
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let disk = |name: &str| DiskSource {
+        name: name.into(),
+        path: image.clone(),
+    };
+    let mut bad_level = options(ReaderMode::Auto);
+    bad_level.zstd_level = 99;
+    let cases = [
+        (vec![disk("../x")], options(ReaderMode::Auto)),
+        (vec![disk("a"), disk("a")], options(ReaderMode::Auto)),
+        (vec![], options(ReaderMode::Auto)),
+        (vec![disk("a")], bad_level),
+    ];
+    for (disks, opts) in cases {
+        let err = backup(&repo, &disks, &opts, &NoProgress).unwrap_err();
+        assert!(matches!(err, EngineError::InvalidOption(_)), "{err}");
+    }
+    assert!(repo.snapshot_ids().unwrap().is_empty());
+}
+
+#[test]
+fn image_that_is_a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let disks = [DiskSource {
+        name: "d".into(),
+        path: dir.path().to_owned(),
+    }];
+    let err = backup(&repo, &disks, &options(ReaderMode::Auto), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

@@ -8,8 +8,8 @@
 //!                                      zstd (only for new chunks)                              progress
 //! ```
 //!
-//! Memory is bounded by the read buffer pool plus `2 * M` encoded objects in the upload queue,
-//! whatever the disk size. The index (32 bytes per chunk) is the only state that grows with
+//! Memory is bounded by the read buffer pool plus a fixed number of encoded objects (see
+//! `Sizing`), whatever the disk size. The index (32 bytes per chunk) is the only state that grows with
 //! the disk, at 1/131072 of its size with 4 MiB chunks.
 //!
 //! Dedup never asks the sink whether a chunk exists: ids of the last snapshot of the same
@@ -185,21 +185,25 @@ pub fn backup(
         });
         indexes.push(done.index);
     }
+    let finished = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let manifest = Manifest {
         meta: SnapshotMeta {
             name: options.name.clone(),
             hostname: hostname(),
             started_unix,
-            finished_unix: unix_now(),
+            finished_unix: finished.as_secs(),
+            finished_nanos: finished.subsec_nanos(),
             ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
             domain_xml: options.domain_xml.clone(),
             disks: disk_metas,
         },
         indexes,
     };
-    let encoded_len = manifest.encode().len() as u64;
-    let snapshot = repo.publish_snapshot(&manifest)?;
-    total.bytes_written += encoded_len;
+    let published = repo.publish_snapshot(&manifest)?;
+    total.bytes_written += published.bytes_written;
+    let snapshot = published.id;
     Ok(BackupReport {
         snapshot,
         name: options.name.clone(),
@@ -266,6 +270,40 @@ fn known_chunks(repo: &Repository, name: &str) -> Result<HashSet<ChunkId>, Engin
         .collect())
 }
 
+/// How many buffers of each kind one disk's pipeline may hold, from the byte budget.
+///
+/// Memory is at most `chunk_size * (read_buffers + objects)`: read buffers are the pool, and
+/// encoded objects are either being encoded (one per worker), queued, being uploaded (one per
+/// uploader) or waiting for reuse, never more than `objects` in all. With the defaults and
+/// 4 MiB chunks: 48 read buffers and 30 objects (about 310 MiB resident).
+pub(crate) struct Sizing {
+    pub(crate) read_buffers: usize,
+    pub(crate) queue_depth: usize,
+    uploaders: usize,
+    upload_queue: usize,
+    objects: usize,
+}
+
+impl Sizing {
+    pub(crate) fn of(options: &BackupOptions) -> Sizing {
+        let slots = (options.buffer_bytes / options.chunk_size as usize).max(4);
+        let read_buffers = slots.max(options.workers + 2);
+        let queue_depth = options
+            .queue_depth
+            .min(read_buffers.saturating_sub(options.workers + 1))
+            .max(1);
+        let uploaders = options.uploaders.min(slots).max(1);
+        let upload_queue = (slots / 4).clamp(1, uploaders * 2);
+        Sizing {
+            read_buffers,
+            queue_depth,
+            uploaders,
+            upload_queue,
+            objects: options.workers + upload_queue + uploaders,
+        }
+    }
+}
+
 /// What a worker or uploader reports for one chunk.
 struct ChunkDone {
     index: u64,
@@ -307,23 +345,20 @@ struct DiskRun<'a> {
 
 impl DiskRun<'_> {
     fn run(&self, source: &ImageSource) -> Result<DiskDone, EngineError> {
-        let chunk_size = self.options.chunk_size as usize;
-        let chunk_count = source.size.div_ceil(chunk_size as u64);
-        let buffers = (self.options.buffer_bytes / chunk_size)
-            .max(self.options.queue_depth + self.options.workers + 2);
-        let pool = BufferPool::new(buffers, chunk_size);
+        let chunk_count = source.size.div_ceil(u64::from(self.options.chunk_size));
+        let sizing = Sizing::of(self.options);
+        let pool = BufferPool::new(sizing.read_buffers, self.options.chunk_size as usize);
         let reader_options = ReaderOptions {
             chunk_size: self.options.chunk_size,
-            queue_depth: self.options.queue_depth,
+            queue_depth: sizing.queue_depth,
             mode: self.options.reader_mode,
         };
-        let (read_tx, read_rx) = bounded::<ReadResult>(buffers);
-        let (upload_tx, upload_rx) = bounded::<Upload>(self.options.uploaders * 2);
+        let (read_tx, read_rx) = bounded::<ReadResult>(sizing.read_buffers);
+        let (upload_tx, upload_rx) = bounded::<Upload>(sizing.upload_queue);
         let (done_tx, done_rx) = unbounded::<Result<ChunkDone, EngineError>>();
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
         // Object buffers come back from the uploaders, so encoding reuses warm memory.
-        let (recycle_tx, recycle_rx) =
-            bounded::<Vec<u8>>(self.options.uploaders * 3 + self.options.workers);
+        let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(sizing.objects);
 
         std::thread::scope(|scope| {
             let reader = scope.spawn({
@@ -345,7 +380,7 @@ impl DiskRun<'_> {
                 };
                 scope.spawn(move || self.work(stage));
             }
-            for _ in 0..self.options.uploaders {
+            for _ in 0..sizing.uploaders {
                 let (upload_rx, done_tx, recycle_tx) =
                     (upload_rx.clone(), done_tx.clone(), recycle_tx.clone());
                 scope.spawn(move || self.upload(upload_rx, done_tx, recycle_tx));

@@ -20,7 +20,7 @@ use crossbeam_channel::bounded;
 use ferry_sinks::{ObjectKey, PutMode, Sink};
 use serde::Serialize;
 
-use crate::backup::{BackupOptions, DiskSource, backup};
+use crate::backup::{BackupOptions, DiskSource, Sizing, backup};
 use crate::chunk_codec::ChunkEncoder;
 use crate::chunk_id::{ChunkId, is_all_zero};
 use crate::error::EngineError;
@@ -153,12 +153,12 @@ fn read_stage(
     options: &BackupOptions,
     sample_limit: usize,
 ) -> Result<(StageResult, Vec<Vec<u8>>, String), EngineError> {
-    let chunk_size = options.chunk_size as usize;
-    let buffers = (options.buffer_bytes / chunk_size).max(options.queue_depth + 2);
-    let pool = BufferPool::new(buffers, chunk_size);
+    let sizing = Sizing::of(options);
+    let buffers = sizing.read_buffers;
+    let pool = BufferPool::new(buffers, options.chunk_size as usize);
     let reader_options = ReaderOptions {
         chunk_size: options.chunk_size,
-        queue_depth: options.queue_depth,
+        queue_depth: sizing.queue_depth,
         mode: options.reader_mode,
     };
     let (tx, rx) = bounded(buffers);

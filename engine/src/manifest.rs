@@ -60,12 +60,21 @@ pub struct SnapshotMeta {
     /// Start and end of the backup, seconds since the Unix epoch (UTC).
     pub started_unix: u64,
     pub finished_unix: u64,
+    /// Nanoseconds past `finished_unix`: orders (and tells apart) backups within one second.
+    pub finished_nanos: u32,
     /// Ferry version that wrote the snapshot.
     pub ferry_version: String,
     /// The libvirt domain XML at backup time, for domain backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_xml: Option<String>,
     pub disks: Vec<DiskMeta>,
+}
+
+impl SnapshotMeta {
+    /// When the backup finished, to the nanosecond: the order of snapshots.
+    pub fn finished_at(&self) -> (u64, u32) {
+        (self.finished_unix, self.finished_nanos)
+    }
 }
 
 /// One backed-up disk.
@@ -269,6 +278,7 @@ mod tests {
                 hostname: "host".into(),
                 started_unix: 1_800_000_000,
                 finished_unix: 1_800_000_010,
+                finished_nanos: 5,
                 ferry_version: "0.1.0".into(),
                 domain_xml: None,
                 disks,
@@ -284,12 +294,13 @@ mod tests {
         let m = Manifest::decode(golden).unwrap();
         assert_eq!(m.meta.name, "golden");
         assert_eq!(m.meta.disks[0].virtual_size, 100_000);
+        assert_eq!(m.meta.finished_at(), (1_800_000_001, 123_456_789));
         assert_eq!(
             m.indexes[0],
             vec![ChunkId::ZERO_MARK, ChunkId::of(b"golden")]
         );
         assert_eq!(m.encode(), golden, "v1 encoding must stay byte-identical");
-        assert_eq!(snapshot_id_of(golden), "3dafb7162a74bb30");
+        assert_eq!(snapshot_id_of(golden), "219489e4e3b86be4");
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! A repository: the config, chunk objects and snapshot manifests in one sink.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError};
 
@@ -22,6 +21,13 @@ pub const SNAPSHOTS_PREFIX: &str = "snapshots/";
 pub struct Repository {
     sink: Arc<dyn Sink>,
     config: RepoConfig,
+}
+
+/// A published snapshot: its id and the manifest bytes this publication wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub id: String,
+    pub bytes_written: u64,
 }
 
 /// A snapshot id with its decoded manifest.
@@ -88,24 +94,13 @@ impl Repository {
 
     /// Ids of every snapshot, sorted.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self
-            .snapshot_ids_with_times()?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect())
-    }
-
-    /// Ids of every snapshot, sorted, each with the time its manifest was stored (as the sink
-    /// records it). Manifests record whole seconds only; the stored time orders snapshots
-    /// that finished within the same second.
-    pub fn snapshot_ids_with_times(&self) -> Result<Vec<(String, SystemTime)>, EngineError> {
         let mut ids = Vec::new();
         for meta in self.sink.list(SNAPSHOTS_PREFIX)? {
             let meta = meta?;
             if let Some(id) = meta.key.as_str().strip_prefix(SNAPSHOTS_PREFIX)
                 && is_snapshot_id(id)
             {
-                ids.push((id.to_owned(), meta.modified));
+                ids.push(id.to_owned());
             }
         }
         ids.sort();
@@ -161,31 +156,33 @@ impl Repository {
 
     /// The most recent snapshot named `name` whose metadata reads, if any.
     pub fn latest_snapshot_named(&self, name: &str) -> Result<Option<String>, EngineError> {
-        let mut best: Option<(u64, SystemTime, String)> = None;
-        for (id, stored) in self.snapshot_ids_with_times()? {
+        let mut best: Option<((u64, u32), String)> = None;
+        for id in self.snapshot_ids()? {
             let Ok(meta) = self.load_meta(&id) else {
                 continue;
             };
-            let key = (meta.finished_unix, stored, id);
+            let key = (meta.finished_at(), id);
             if meta.name == name && best.as_ref().is_none_or(|b| key > *b) {
                 best = Some(key);
             }
         }
-        Ok(best.map(|(_, _, id)| id))
+        Ok(best.map(|(_, id)| id))
     }
 
     /// Every snapshot that decodes, oldest first, plus the errors of those that do not.
     pub fn load_all_snapshots(&self) -> Result<(Vec<Snapshot>, Vec<EngineError>), EngineError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        for (id, stored) in self.snapshot_ids_with_times()? {
+        for id in self.snapshot_ids()? {
             match self.load_snapshot(&id) {
-                Ok(s) => good.push((s.manifest.meta.finished_unix, stored, s)),
+                Ok(s) => good.push(s),
                 Err(e) => bad.push(e),
             }
         }
-        good.sort_by(|a, b| (a.0, a.1, &a.2.id).cmp(&(b.0, b.1, &b.2.id)));
-        Ok((good.into_iter().map(|(_, _, s)| s).collect(), bad))
+        good.sort_by(|a, b| {
+            (a.manifest.meta.finished_at(), &a.id).cmp(&(b.manifest.meta.finished_at(), &b.id))
+        });
+        Ok((good, bad))
     }
 
     /// Resolves a user's snapshot argument: a full id, a unique prefix of one, or `latest`.
@@ -218,12 +215,18 @@ impl Repository {
     }
 
     /// Publishes a manifest: the last step of a backup, after every chunk it names is stored.
-    pub fn publish_snapshot(&self, manifest: &Manifest) -> Result<String, EngineError> {
+    /// Publishing identical bytes twice is one snapshot (the id is the content's hash).
+    pub fn publish_snapshot(&self, manifest: &Manifest) -> Result<Published, EngineError> {
         let bytes = manifest.encode();
         let id = snapshot_id_of(&bytes);
-        self.sink
+        let outcome = self
+            .sink
             .put(&Self::snapshot_key(&id), &bytes, PutMode::Create)?;
-        Ok(id)
+        let bytes_written = match outcome {
+            PutOutcome::Written => bytes.len() as u64,
+            PutOutcome::AlreadyExists => 0,
+        };
+        Ok(Published { id, bytes_written })
     }
 }
 

@@ -13,7 +13,7 @@ use crate::time::utc;
 #[derive(Serialize)]
 struct Listed {
     #[serde(skip)]
-    stored: std::time::SystemTime,
+    finished_at: (u64, u32),
     snapshot: String,
     name: String,
     time: String,
@@ -40,10 +40,10 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
     let repo = open_repo(&args.repo)?;
     let mut listed = Vec::new();
     let mut damaged = Vec::new();
-    for (id, stored) in repo.snapshot_ids_with_times()? {
+    for id in repo.snapshot_ids()? {
         match repo.load_meta(&id) {
             Ok(meta) => listed.push(Listed {
-                stored,
+                finished_at: meta.finished_at(),
                 snapshot: id,
                 name: meta.name,
                 time: utc(meta.finished_unix),
@@ -66,11 +66,8 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
             }),
         }
     }
-    // Oldest first, as `latest` counts: manifests hold whole seconds, the time each was
-    // stored orders those of the same second.
-    listed.sort_by(|a, b| {
-        (a.time_unix, a.stored, &a.snapshot).cmp(&(b.time_unix, b.stored, &b.snapshot))
-    });
+    // Oldest first, as `latest` counts.
+    listed.sort_by(|a, b| (a.finished_at, &a.snapshot).cmp(&(b.finished_at, &b.snapshot)));
     if args.json {
         print_json(&serde_json::json!({ "snapshots": listed, "damaged": damaged }))?;
     } else {

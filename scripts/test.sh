@@ -2,8 +2,8 @@
 # Ferry's test command: `bash scripts/test.sh` from anywhere in a clone. CI runs exactly this
 # (through .ci/run), as root, on a fresh Debian 12 machine.
 #
-# Phases: tools, fmt, clippy, build, test, fuzz. Each prints a timing line; the first failure
-# stops the run and names its phase.
+# Phases: tools, services (libvirtd + QEMU), fmt, clippy, build, test, fuzz. Each prints a
+# timing line; the first failure stops the run and names its phase.
 #
 # Environment:
 #   FERRY_SKIP_FUZZ=1     skip the fuzz smoke run (quick local loops; CI always fuzzes)
@@ -133,6 +133,12 @@ count_tests() {
     read -r TESTS_PASSED TESTS_FAILED TESTS_SKIPPED <<<"$counts"
 }
 
+# Servers the tests use, installed when missing and started when not running: libvirtd + QEMU
+# (live VM tests).
+ensure_services() {
+    bash scripts/services/libvirt.sh ensure
+}
+
 run_fuzz_smoke() {
     if [[ ${FERRY_SKIP_FUZZ:-0} == 1 ]]; then
         log "fuzz smoke skipped (FERRY_SKIP_FUZZ=1)"
@@ -143,6 +149,7 @@ run_fuzz_smoke() {
 
 main() {
     phase tools ensure_tools
+    phase services ensure_services
     run_checks
     phase build build
     phase test run_tests

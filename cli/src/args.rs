@@ -36,6 +36,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write a reproducible sample image (holes, zeros, text-like and random data).
     GenImage(GenImageArgs),
+    /// Merge back every temporary overlay a Ferry backup left a running domain on.
+    Recover(RecoverArgs),
 }
 
 /// Where the repository is.
@@ -65,11 +67,70 @@ pub enum ReaderChoice {
     Pread,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeChoice {
+    /// Freeze each disk behind a temporary QCOW2 overlay, copy the frozen base, commit and pivot.
+    Overlay,
+    /// Have QEMU write a point-in-time copy (virDomainBackupBegin), then copy that.
+    Push,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuiesceChoice {
+    /// Quiesce when the guest agent answers, else take a crash-consistent snapshot.
+    Auto,
+    /// Require the guest agent; fail (changing nothing) when it does not answer.
+    On,
+    /// Never quiesce.
+    Off,
+}
+
+/// Where libvirt is.
+#[derive(Args, Clone)]
+pub struct ConnectArg {
+    /// libvirt connection URI.
+    #[arg(
+        long,
+        env = "LIBVIRT_DEFAULT_URI",
+        default_value = "qemu:///system",
+        value_name = "URI"
+    )]
+    pub connect: String,
+}
+
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["image", "domain"])))]
 pub struct BackupArgs {
     /// Disk image to back up: a regular file or a block device.
     #[arg(long, value_name = "PATH")]
-    pub image: PathBuf,
+    pub image: Option<PathBuf>,
+    /// libvirt domain to back up, live when running, offline when shut off.
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
+    /// Live backup method for a running domain.
+    #[arg(long, value_enum, default_value = "overlay", requires = "domain")]
+    pub mode: ModeChoice,
+    /// Disk targets to back up (repeatable; default: every file-backed disk).
+    #[arg(long = "disk", value_name = "TARGET", requires = "domain")]
+    pub disks: Vec<String>,
+    /// Quiesce guest filesystems through the QEMU guest agent.
+    #[arg(long, value_enum, default_value = "auto", requires = "domain")]
+    pub quiesce: QuiesceChoice,
+    /// Directory for the temporary overlays (default: beside each disk image).
+    #[arg(long, value_name = "DIR", requires = "domain")]
+    pub overlay_dir: Option<PathBuf>,
+    /// Directory for push mode's scratch copies (default: beside each disk image).
+    #[arg(long, value_name = "DIR", requires = "domain")]
+    pub scratch_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectArg,
+    /// Command run (by `sh -c`) at each phase of a domain backup, with FERRY_HOOK_PHASE set to
+    /// `frozen` (the point in time is fixed, the copy has not started) or `copied` (every chunk
+    /// is stored; the snapshot is not yet published, the domain not yet merged back), and
+    /// FERRY_DOMAIN, FERRY_PID set. A failing hook aborts the backup: nothing is published, and
+    /// the domain is still merged back.
+    #[arg(long, value_name = "CMD", requires = "domain")]
+    pub hook: Option<String>,
     #[command(flatten)]
     pub repo: RepoArg,
     /// Snapshot name (default: the image's file name).
@@ -114,10 +175,12 @@ pub struct RestoreArgs {
     pub repo: RepoArg,
     /// Snapshot id, a unique prefix of one, or `latest`.
     pub snapshot: String,
-    /// Target file (created; it must not exist unless --force).
+    /// Target file for one disk; without --disk, for a domain snapshot (or any snapshot of
+    /// several disks), a directory (created if missing) that receives one file per disk, named
+    /// by its target (vda, vdb).
     #[arg(long, value_name = "PATH")]
     pub to: PathBuf,
-    /// Disk to restore (needed when the snapshot holds several).
+    /// Disk to restore (a target such as vda, or an image backup's disk name).
     #[arg(long)]
     pub disk: Option<String>,
     /// Replace an existing file, or write onto a block device.
@@ -185,6 +248,17 @@ pub struct GenImageArgs {
     /// Generator seed: the same seed gives the same bytes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// Only this domain (default: every domain with a journal entry or a Ferry overlay).
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
+    #[command(flatten)]
+    pub connect: ConnectArg,
     #[arg(long)]
     pub json: bool,
 }

@@ -5,9 +5,12 @@
 
 mod args;
 mod commands;
+mod hook;
+mod libvirt;
 mod logger;
 mod progress;
 mod repo_url;
+mod signals;
 mod size;
 mod time;
 
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::GenImage(a) => commands::gen_image::run(a),
+        Command::Recover(a) => commands::recover::run(a),
     };
     match result {
         Ok(code) => code,

@@ -43,6 +43,12 @@ impl Progress for Bar {
         }
     }
 
+    fn set_total(&self, size: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(size);
+        }
+    }
+
     fn finish_disk(&self, _name: &str) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();

@@ -56,6 +56,9 @@ pub struct BackupOptions {
     pub reader_mode: ReaderMode,
     /// Domain XML to store beside the disks.
     pub domain_xml: Option<String>,
+    /// Stops the backup with [`EngineError::Cancelled`] when it receives a message or its
+    /// sender is dropped (a signal handler holds the sender). Nothing is published then.
+    pub cancel: Option<Receiver<()>>,
 }
 
 impl BackupOptions {
@@ -72,6 +75,7 @@ impl BackupOptions {
             buffer_bytes: 192 << 20,
             reader_mode: ReaderMode::Auto,
             domain_xml: None,
+            cancel: None,
         }
     }
 }
@@ -80,7 +84,28 @@ impl BackupOptions {
 #[derive(Debug, Clone)]
 pub struct DiskSource {
     pub name: String,
+    /// Where to read the image.
     pub path: PathBuf,
+    /// The source recorded in the snapshot when it differs from `path` (push mode reads a
+    /// scratch copy of the disk but records the disk's own image).
+    pub recorded_source: Option<String>,
+}
+
+impl DiskSource {
+    /// A disk read from, and recorded as, `path`.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> DiskSource {
+        DiskSource {
+            name: name.into(),
+            path: path.into(),
+            recorded_source: None,
+        }
+    }
+
+    fn recorded(&self) -> String {
+        self.recorded_source
+            .clone()
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
 }
 
 /// Counters of one backup (also per disk).
@@ -144,6 +169,38 @@ pub fn backup(
     options: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupReport, EngineError> {
+    copy(repo, disks, options, progress)?.publish(repo)
+}
+
+/// A backup whose chunks are all stored but whose manifest is not yet published: the caller
+/// may still decide against it (a failing hook), and then nothing becomes visible.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    manifest: Manifest,
+    report: BackupReport,
+    started: Instant,
+}
+
+impl PendingSnapshot {
+    /// Publishes the manifest, the last step of a backup.
+    pub fn publish(self, repo: &Repository) -> Result<BackupReport, EngineError> {
+        let published = repo.publish_snapshot(&self.manifest)?;
+        let mut report = self.report;
+        report.counts.bytes_written += published.bytes_written;
+        report.snapshot = published.id;
+        report.seconds = self.started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+}
+
+/// Stores every chunk of `disks` (the first half of [`backup`]); publish the result with
+/// [`PendingSnapshot::publish`].
+pub fn copy(
+    repo: &Repository,
+    disks: &[DiskSource],
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<PendingSnapshot, EngineError> {
     let started = Instant::now();
     let started_unix = unix_now();
     check_options(disks, options)?;
@@ -169,7 +226,7 @@ pub fn backup(
         total.add(&done.counts);
         disk_reports.push(DiskReport {
             name: disk.name.clone(),
-            source: disk.path.display().to_string(),
+            source: disk.recorded(),
             virtual_size: source.size,
             image_digest: image_digest.clone(),
             reader: done.reader.describe(source.direct.is_some()).to_owned(),
@@ -177,7 +234,7 @@ pub fn backup(
         });
         disk_metas.push(DiskMeta {
             name: disk.name.clone(),
-            source: disk.path.display().to_string(),
+            source: disk.recorded(),
             virtual_size: source.size,
             chunk_size: options.chunk_size,
             image_digest,
@@ -201,15 +258,16 @@ pub fn backup(
         },
         indexes,
     };
-    let published = repo.publish_snapshot(&manifest)?;
-    total.bytes_written += published.bytes_written;
-    let snapshot = published.id;
-    Ok(BackupReport {
-        snapshot,
-        name: options.name.clone(),
-        counts: total,
-        seconds: started.elapsed().as_secs_f64(),
-        disks: disk_reports,
+    Ok(PendingSnapshot {
+        manifest,
+        report: BackupReport {
+            snapshot: String::new(),
+            name: options.name.clone(),
+            counts: total,
+            seconds: 0.0,
+            disks: disk_reports,
+        },
+        started,
     })
 }
 
@@ -412,8 +470,13 @@ impl DiskRun<'_> {
             ..BackupCounts::default()
         };
         let mut data_bytes = 0;
+        let never = crossbeam_channel::never();
+        let cancel = self.options.cancel.as_ref().unwrap_or(&never);
         for _ in 0..chunk_count {
-            let done = done_rx.recv().map_err(|_| EngineError::Cancelled)??;
+            let done = crossbeam_channel::select! {
+                recv(done_rx) -> done => done.map_err(|_| EngineError::Cancelled)??,
+                recv(cancel) -> _ => return Err(EngineError::Cancelled),
+            };
             if done.read {
                 counts.bytes_read += done.len as u64;
             }

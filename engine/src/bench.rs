@@ -116,10 +116,7 @@ pub fn run_bench(
     }
 
     let repo = Repository::init(Arc::clone(&sink), options.chunk_size)?;
-    let disk = DiskSource {
-        name: "bench".into(),
-        path: image.to_owned(),
-    };
+    let disk = DiskSource::new("bench", image.to_owned());
     let started = Instant::now();
     let report = backup(&repo, &[disk], options, &NoProgress)?;
     let pipeline = stage(

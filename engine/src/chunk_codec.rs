@@ -79,10 +79,13 @@ impl ChunkEncoder {
         let raw_len = u32::try_from(raw.len())
             .map_err(|_| std::io::Error::other("chunk larger than 4 GiB"))?;
         self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(raw.len()));
-        self.compressor.compress_to_buffer(raw, &mut self.scratch)?;
-        let (codec, payload) = if self.scratch.len() < raw.len() {
+        let compressible = self.samples_compress(raw)?;
+        if compressible {
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(raw.len()));
+            self.compressor.compress_to_buffer(raw, &mut self.scratch)?;
+        }
+        let (codec, payload) = if compressible && self.scratch.len() < raw.len() {
             (CODEC_ZSTD, self.scratch.as_slice())
         } else {
             (CODEC_STORED, raw)
@@ -92,6 +95,32 @@ impl ChunkEncoder {
         object.extend_from_slice(&header(codec, raw_len));
         object.extend_from_slice(payload);
         Ok(())
+    }
+}
+
+impl ChunkEncoder {
+    /// For large chunks, compresses two 64 KiB samples (start and middle) first; when neither
+    /// shrinks by 2%, the chunk is taken as incompressible (random or already compressed data)
+    /// and stored as is without compressing it whole. Small chunks are always tried.
+    fn samples_compress(&mut self, raw: &[u8]) -> std::io::Result<bool> {
+        const SAMPLE: usize = 64 << 10;
+        if raw.len() < 16 * SAMPLE {
+            return Ok(true);
+        }
+        let middle = raw.len() / 2;
+        for sample in [&raw[..SAMPLE], &raw[middle..middle + SAMPLE]] {
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(SAMPLE));
+            self.compressor
+                .compress_to_buffer(sample, &mut self.scratch)?;
+            if self.scratch.len() < SAMPLE - SAMPLE / 50 {
+                self.scratch.clear();
+                return Ok(true);
+            }
+        }
+        self.scratch.clear();
+        Ok(false)
     }
 }
 
@@ -254,6 +283,37 @@ mod tests {
             decode_chunk(&object, &ChunkId::of(b"other"), 1 << 20),
             Err(ChunkDecodeError::IdMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_and_others_compressed() {
+        let mut state = 7u64;
+        let random: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        let object = encode(&random);
+        assert_eq!(object[5], CODEC_STORED);
+        assert_eq!(
+            decode_chunk(&object, &ChunkId::of(&random), 1 << 20).unwrap(),
+            random
+        );
+        // Random start and middle samples, compressible elsewhere: still stored (a trade-off).
+        let mut mixed = vec![b'z'; 1 << 20];
+        mixed[..64 << 10].copy_from_slice(&random[..64 << 10]);
+        mixed[512 << 10..576 << 10].copy_from_slice(&random[..64 << 10]);
+        assert_eq!(encode(&mixed)[5], CODEC_STORED);
+        // One compressible sample is enough to compress the whole chunk.
+        mixed[..64 << 10].fill(b'y');
+        let object = encode(&mixed);
+        assert_eq!(object[5], CODEC_ZSTD);
+        assert!(object.len() < 200 << 10);
+        assert_eq!(
+            decode_chunk(&object, &ChunkId::of(&mixed), 1 << 20).unwrap(),
+            mixed
+        );
     }
 
     #[test]

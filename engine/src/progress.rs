@@ -6,6 +6,8 @@ pub trait Progress: Sync {
     fn start_disk(&self, _name: &str, _size: u64) {}
     /// `bytes` more of the current disk are done (holes count as done).
     fn advance(&self, _bytes: u64) {}
+    /// The total turned out to be `size` (for work whose size is learnt while it runs).
+    fn set_total(&self, _size: u64) {}
     /// The current disk is done.
     fn finish_disk(&self, _name: &str) {}
 }

@@ -58,10 +58,7 @@ fn both_readers_back_up_identically_and_restore() {
     let dir = tempfile::tempdir().unwrap();
     let image = write_image(dir.path(), "a.img", 1);
     let repo = new_repo(Arc::new(MemorySink::new()));
-    let disk = [DiskSource {
-        name: "a".into(),
-        path: image.clone(),
-    }];
+    let disk = [DiskSource::new("a", image.clone())];
     let uring = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
     let pread = backup(&repo, &disk, &options(ReaderMode::Pread), &NoProgress).unwrap();
     assert_eq!(uring.disks[0].image_digest, pread.disks[0].image_digest);
@@ -96,10 +93,7 @@ fn failed_upload_publishes_nothing_and_retry_succeeds() {
     new_repo(Arc::clone(&memory));
     // The config is written; allow two chunk puts, then fail.
     let faulty = Repository::open(Arc::new(FailAfter::new(Arc::clone(&memory), 2))).unwrap();
-    let disk = [DiskSource {
-        name: "a".into(),
-        path: image,
-    }];
+    let disk = [DiskSource::new("a", image)];
     let err = backup(&faulty, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap_err();
     assert!(matches!(err, EngineError::Sink(_)), "{err}");
     let repo = Repository::open(memory).unwrap();
@@ -128,10 +122,7 @@ fn flipped_bit_on_read_is_caught_by_restore_and_verify() {
     let image = write_image(dir.path(), "a.img", 3);
     let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let repo = new_repo(Arc::clone(&memory));
-    let disk = [DiskSource {
-        name: "a".into(),
-        path: image,
-    }];
+    let disk = [DiskSource::new("a", image)];
     let report = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
     let bad = Repository::open(Arc::new(FlipBitOnRead::matching(
         memory,
@@ -184,16 +175,7 @@ fn many_disks_in_one_snapshot_share_chunks() {
     let b = dir.path().join("b.img");
     std::fs::copy(&a, &b).unwrap();
     let repo = new_repo(Arc::new(MemorySink::new()));
-    let disks = [
-        DiskSource {
-            name: "vda".into(),
-            path: a,
-        },
-        DiskSource {
-            name: "vdb".into(),
-            path: b,
-        },
-    ];
+    let disks = [DiskSource::new("vda", a), DiskSource::new("vdb", b)];
     let report = backup(&repo, &disks, &options(ReaderMode::Auto), &NoProgress).unwrap();
     assert_eq!(report.disks.len(), 2);
     assert_eq!(
@@ -210,10 +192,7 @@ fn invalid_options_are_refused_before_reading() {
     let dir = tempfile::tempdir().unwrap();
     let image = write_image(dir.path(), "a.img", 5);
     let repo = new_repo(Arc::new(MemorySink::new()));
-    let disk = |name: &str| DiskSource {
-        name: name.into(),
-        path: image.clone(),
-    };
+    let disk = |name: &str| DiskSource::new(name, image.clone());
     let mut bad_level = options(ReaderMode::Auto);
     bad_level.zstd_level = 99;
     let cases = [
@@ -233,10 +212,43 @@ fn invalid_options_are_refused_before_reading() {
 fn image_that_is_a_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let repo = new_repo(Arc::new(MemorySink::new()));
-    let disks = [DiskSource {
-        name: "d".into(),
-        path: dir.path().to_owned(),
-    }];
+    let disks = [DiskSource::new("d", dir.path().to_owned())];
     let err = backup(&repo, &disks, &options(ReaderMode::Auto), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
+}
+
+/// A sink failure while many reads are in flight must end the backup with an error, on both
+/// readers (a reaped-but-unprocessed io_uring completion once made the reader wait forever).
+#[test]
+fn sink_failure_with_reads_in_flight_ends_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.img");
+    std::fs::write(&path, noise(9, 400 * CHUNK as usize)).unwrap();
+    for mode in [ReaderMode::Auto, ReaderMode::Pread] {
+        for allowed in [0, 1, 7] {
+            let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+            new_repo(Arc::clone(&memory));
+            let faulty =
+                Repository::open(Arc::new(FailAfter::new(Arc::clone(&memory), allowed))).unwrap();
+            let disk = [DiskSource::new("big", path.clone())];
+            let err = backup(&faulty, &disk, &options(mode), &NoProgress).unwrap_err();
+            assert!(matches!(err, EngineError::Sink(_)), "{err}");
+        }
+    }
+}
+
+/// A cancelled backup stops with `Cancelled` and publishes nothing.
+#[test]
+fn cancel_stops_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.img");
+    std::fs::write(&path, noise(10, 200 * CHUNK as usize)).unwrap();
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let (cancel_tx, cancel_rx) = crossbeam_channel::bounded::<()>(0);
+    drop(cancel_tx);
+    let mut opts = options(ReaderMode::Auto);
+    opts.cancel = Some(cancel_rx);
+    let err = backup(&repo, &[DiskSource::new("big", path)], &opts, &NoProgress).unwrap_err();
+    assert!(matches!(err, EngineError::Cancelled), "{err}");
+    assert!(repo.snapshot_ids().unwrap().is_empty());
 }

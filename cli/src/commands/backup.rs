@@ -1,22 +1,40 @@
-//! `ferry backup --image`: back up one disk image.
+//! `ferry backup`: an image (`--image`) or a libvirt domain (`--domain`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use ferry_engine::backup::{BackupOptions, DiskSource, backup};
+use ferry_engine::Repository;
+use ferry_engine::backup::{BackupOptions, BackupReport, DiskSource, backup};
 use ferry_engine::config::check_chunk_size;
 use ferry_engine::reader::ReaderMode;
 
 use crate::args::{BackupArgs, ReaderChoice};
-use crate::commands::{open_repo, print_json};
+use crate::commands::{backup_domain, open_repo, print_json};
 use crate::progress::Bar;
 use crate::size::human;
 
 pub fn run(args: BackupArgs) -> Result<ExitCode> {
     let repo = open_repo(&args.repo)?;
-    let disk_name = disk_name_of(&args.image)?;
-    let mut options = BackupOptions::new(args.name.clone().unwrap_or_else(|| disk_name.clone()));
+    let report = match (&args.image, &args.domain) {
+        (Some(image), None) => {
+            let disk_name = disk_name_of(image)?;
+            let mut options = engine_options(&args, &repo, &disk_name)?;
+            options.cancel = Some(crate::signals::cancel_on_signal()?);
+            let disks = [DiskSource::new(disk_name, image.clone())];
+            backup(&repo, &disks, &options, &Bar::new(args.json))
+                .with_context(|| format!("backup of {} failed", image.display()))?
+        }
+        (None, Some(domain)) => backup_domain::run(&args, &repo, domain)?,
+        _ => bail!("give exactly one of --image and --domain"),
+    };
+    print_report(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Engine options from the command line, named `name`.
+pub fn engine_options(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupOptions> {
+    let mut options = BackupOptions::new(args.name.clone().unwrap_or_else(|| name.to_owned()));
     options.chunk_size = match args.chunk_size {
         Some(size) => check_chunk_size(size)?,
         None => repo.config().chunk_size,
@@ -30,35 +48,34 @@ pub fn run(args: BackupArgs) -> Result<ExitCode> {
         ReaderChoice::Auto => ReaderMode::Auto,
         ReaderChoice::Pread => ReaderMode::Pread,
     };
-    let disks = [DiskSource {
-        name: disk_name,
-        path: args.image.clone(),
-    }];
-    let report = backup(&repo, &disks, &options, &Bar::new(args.json))
-        .with_context(|| format!("backup of {} failed", args.image.display()))?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        let c = &report.counts;
-        let virtual_size: u64 = report.disks.iter().map(|d| d.virtual_size).sum();
-        println!(
-            "snapshot {} ({}): {} virtual, {} read in {:.1} s ({:.0} MiB/s of image); \
-             {} chunks: {} new ({} written), {} reused, {} zero; reader {}",
-            report.snapshot,
-            report.name,
-            human(virtual_size),
-            human(c.bytes_read),
-            report.seconds,
-            virtual_size as f64 / f64::from(1 << 20) / report.seconds.max(1e-9),
-            c.chunks_total,
-            c.chunks_new,
-            human(c.bytes_written),
-            c.chunks_reused,
-            c.chunks_zero,
-            report.disks.first().map_or("-", |d| d.reader.as_str()),
-        );
+    Ok(options)
+}
+
+fn print_report(report: &BackupReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
     }
-    Ok(ExitCode::SUCCESS)
+    let c = &report.counts;
+    let virtual_size: u64 = report.disks.iter().map(|d| d.virtual_size).sum();
+    let disks: Vec<&str> = report.disks.iter().map(|d| d.name.as_str()).collect();
+    println!(
+        "snapshot {} ({}; disks {}): {} virtual, {} read in {:.1} s ({:.0} MiB/s of image); \
+         {} chunks: {} new ({} written), {} reused, {} zero; reader {}",
+        report.snapshot,
+        report.name,
+        disks.join(", "),
+        human(virtual_size),
+        human(c.bytes_read),
+        report.seconds,
+        virtual_size as f64 / f64::from(1 << 20) / report.seconds.max(1e-9),
+        c.chunks_total,
+        c.chunks_new,
+        human(c.bytes_written),
+        c.chunks_reused,
+        c.chunks_zero,
+        report.disks.first().map_or("-", |d| d.reader.as_str()),
+    );
+    Ok(())
 }
 
 /// The disk's name in the snapshot: the image's file name with anything outside

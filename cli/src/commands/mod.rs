@@ -1,10 +1,12 @@
 //! One module per subcommand; each returns the process exit code.
 
 pub mod backup;
+pub mod backup_domain;
 pub mod bench;
 pub mod gen_image;
 pub mod init;
 pub mod list;
+pub mod recover;
 pub mod restore;
 pub mod verify;
 

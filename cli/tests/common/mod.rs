@@ -5,6 +5,9 @@
 //! Every test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+/// The live-VM harness (libvirt domains, qemu-io writes); used by `live_vm.rs`.
+pub mod vm;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};

@@ -28,6 +28,13 @@ pub struct UringReader {
     depth: usize,
 }
 
+/// Whether the reader goes on after a completion.
+enum Flow {
+    Continue,
+    /// The consumer hung up.
+    Stop,
+}
+
 struct InFlight {
     chunk: PlannedChunk,
     buf: PooledBuf,
@@ -121,7 +128,10 @@ impl UringReader {
                     done: 0,
                     direct: false,
                 });
-                self.submit(source, slot, slots, use_direct)?;
+                if let Err(e) = self.submit(source, slot, slots, use_direct) {
+                    slots[slot] = None; // never queued
+                    return Err(e);
+                }
             }
             if slots.iter().all(Option::is_none) {
                 if plan_done && waiting.is_none() {
@@ -137,56 +147,79 @@ impl UringReader {
                 .completion()
                 .map(|cqe| (cqe.user_data() as usize, cqe.result()))
                 .collect();
-            for (slot, result) in completions {
-                let was_direct = slots[slot].as_ref().is_some_and(|f| f.direct);
-                if result == -libc::EINVAL && was_direct {
-                    say_once(
-                        &DIRECT_READ_REFUSED,
-                        &format!(
-                            "O_DIRECT reads refused for {}; reading through the page cache",
-                            source.path.display()
-                        ),
-                    );
-                    use_direct = false;
-                    self.submit(source, slot, slots, false)?;
-                    continue;
-                }
-                if result == -libc::EINTR || result == -libc::EAGAIN {
-                    self.submit(source, slot, slots, was_direct)?;
-                    continue;
-                }
-                let flight = slots[slot].as_mut().expect("completion for a live slot");
-                match result {
-                    r if r < 0 => {
-                        let offset = flight.chunk.offset + flight.done as u64;
-                        return Err(
-                            source.read_error(offset, std::io::Error::from_raw_os_error(-r))
-                        );
+            let mut reaped = completions.into_iter();
+            while let Some((slot, result)) = reaped.next() {
+                let flow = self.complete(source, slot, result, slots, out, &mut use_direct);
+                if !matches!(flow, Ok(Flow::Continue)) {
+                    // These completions were reaped: the kernel is done with their buffers,
+                    // and no new read was queued for them, so `drain` must not wait for them.
+                    slots[slot] = None;
+                    for (slot, _) in reaped {
+                        slots[slot] = None;
                     }
-                    0 => {
-                        let offset = flight.chunk.offset + flight.done as u64;
-                        return Err(source.shrank(offset));
-                    }
-                    n => flight.done += n as usize,
-                }
-                if flight.done >= flight.chunk.len {
-                    let mut flight = slots[slot].take().expect("slot is live");
-                    flight.buf.set_len(flight.chunk.len);
-                    let chunk = ReadChunk {
-                        index: flight.chunk.index,
-                        offset: flight.chunk.offset,
-                        len: flight.chunk.len,
-                        data: Some(flight.buf),
-                    };
-                    if out.send(Ok(chunk)).is_err() {
-                        return Ok(());
-                    }
-                } else {
-                    // Partial read: finish through the page cache (alignment may be lost).
-                    self.submit(source, slot, slots, false)?;
+                    return flow.map(|_| ());
                 }
             }
         }
+    }
+
+    /// Handles one completion: resubmits, finishes the chunk, or fails.
+    fn complete(
+        &mut self,
+        source: &ImageSource,
+        slot: usize,
+        result: i32,
+        slots: &mut [Option<InFlight>],
+        out: &crossbeam_channel::Sender<crate::reader::ReadResult>,
+        use_direct: &mut bool,
+    ) -> Result<Flow, EngineError> {
+        let was_direct = slots[slot].as_ref().is_some_and(|f| f.direct);
+        if result == -libc::EINVAL && was_direct {
+            say_once(
+                &DIRECT_READ_REFUSED,
+                &format!(
+                    "O_DIRECT reads refused for {}; reading through the page cache",
+                    source.path.display()
+                ),
+            );
+            *use_direct = false;
+            self.submit(source, slot, slots, false)?;
+            return Ok(Flow::Continue);
+        }
+        if result == -libc::EINTR || result == -libc::EAGAIN {
+            self.submit(source, slot, slots, was_direct)?;
+            return Ok(Flow::Continue);
+        }
+        let flight = slots[slot].as_mut().expect("completion for a live slot");
+        match result {
+            r if r < 0 => {
+                let offset = flight.chunk.offset + flight.done as u64;
+                return Err(source.read_error(offset, std::io::Error::from_raw_os_error(-r)));
+            }
+            0 => {
+                let offset = flight.chunk.offset + flight.done as u64;
+                return Err(source.shrank(offset));
+            }
+            n => flight.done += n as usize,
+        }
+        if flight.done < flight.chunk.len {
+            // Partial read: finish through the page cache (alignment may be lost).
+            self.submit(source, slot, slots, false)?;
+            return Ok(Flow::Continue);
+        }
+        let mut flight = slots[slot].take().expect("slot is live");
+        flight.buf.set_len(flight.chunk.len);
+        let chunk = ReadChunk {
+            index: flight.chunk.index,
+            offset: flight.chunk.offset,
+            len: flight.chunk.len,
+            data: Some(flight.buf),
+        };
+        Ok(if out.send(Ok(chunk)).is_ok() {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        })
     }
 
     /// Queues the read of the rest of the chunk in `slot`.

@@ -1,0 +1,136 @@
+//! `ferry backup --domain`: a live (or shut-off) libvirt domain into one snapshot.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use anyhow::{Context, Result, anyhow};
+use ferry_engine::Repository;
+use ferry_engine::backup::{BackupReport, DiskSource, backup, copy};
+
+use crate::args::{BackupArgs, ModeChoice, QuiesceChoice};
+use crate::commands::backup::engine_options;
+use crate::hook::{self, Phase};
+use crate::libvirt::journal::Journal;
+use crate::libvirt::overlay::{self, Quiesce};
+use crate::libvirt::recover::recover;
+use crate::libvirt::{Hypervisor, domain_xml, is_running, push, select_disks};
+use crate::progress::Bar;
+
+pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupReport> {
+    let hv = Hypervisor::open(&args.connect.connect)?;
+    let domain = hv.domain(name)?;
+    let journal = Journal::from_env();
+    // Anything an earlier, interrupted backup of this domain left is undone first.
+    for r in recover(&hv, &journal, Some(name)).context("cannot recover an earlier backup")? {
+        log::warn!(
+            "recovered an interrupted backup of {}: merged {:?}",
+            r.domain,
+            r.merged
+        );
+    }
+    let xml = domain_xml(&domain)?;
+    let all_disks = crate::libvirt::domain_xml::disks(&xml)?;
+    let disks = select_disks(&xml, &args.disks)?;
+    let mut options = engine_options(args, repo, name)?;
+    options.domain_xml = Some(xml);
+    let cancel = crate::signals::cancel_on_signal()?;
+    options.cancel = Some(cancel.clone());
+    let bar = Bar::new(args.json);
+    let hook_cmd = args.hook.as_deref();
+    let base_sources = || -> Vec<DiskSource> {
+        disks
+            .iter()
+            .map(|d| {
+                DiskSource::new(
+                    d.target.clone(),
+                    d.source.clone().expect("selected disks have images"),
+                )
+            })
+            .collect()
+    };
+
+    if !is_running(&domain)? {
+        log::info!("domain {name} is shut off: backing up its images offline");
+        return backup(repo, &base_sources(), &options, &bar)
+            .with_context(|| format!("offline backup of domain {name} failed"));
+    }
+
+    match args.mode {
+        ModeChoice::Overlay => {
+            let quiesce = match args.quiesce {
+                QuiesceChoice::Auto => Quiesce::Auto,
+                QuiesceChoice::On => Quiesce::On,
+                QuiesceChoice::Off => Quiesce::Off,
+            };
+            let frozen = overlay::freeze(
+                &domain,
+                name,
+                &all_disks,
+                &disks,
+                args.overlay_dir.as_deref(),
+                quiesce,
+                &journal,
+            )?;
+            let copied = guarded(|| {
+                hook::run(hook_cmd, Phase::Frozen, name)?;
+                let pending = copy(repo, &base_sources(), &options, &bar)?;
+                hook::run(hook_cmd, Phase::Copied, name)?;
+                Ok(pending.publish(repo)?)
+            });
+            let thawed = overlay::thaw(&domain, &frozen, &journal, &bar);
+            combine(copied, thawed, name)
+        }
+        ModeChoice::Push => {
+            let scratches = push::begin(
+                &domain,
+                name,
+                &all_disks,
+                &disks,
+                args.scratch_dir.as_deref(),
+                &journal,
+            )?;
+            let copied = guarded(|| {
+                hook::run(hook_cmd, Phase::Frozen, name)?;
+                push::wait(&domain, &cancel, &|done, total| {
+                    log::debug!("push job: {done} of {total} bytes");
+                })?;
+                push::check_complete(&scratches)?;
+                let sources: Vec<DiskSource> = scratches
+                    .iter()
+                    .map(|s| DiskSource {
+                        name: s.target.clone(),
+                        path: s.scratch.clone(),
+                        recorded_source: Some(s.base.display().to_string()),
+                    })
+                    .collect();
+                let pending = copy(repo, &sources, &options, &bar)?;
+                hook::run(hook_cmd, Phase::Copied, name)?;
+                Ok(pending.publish(repo)?)
+            });
+            let ended = push::end(&domain, &scratches, &journal);
+            combine(copied, ended, name)
+        }
+    }
+}
+
+/// Runs the copy step, turning a panic into an error so cleanup always runs.
+fn guarded(step: impl FnOnce() -> Result<BackupReport>) -> Result<BackupReport> {
+    catch_unwind(AssertUnwindSafe(step))
+        .unwrap_or_else(|_| Err(anyhow!("internal error (panic) during the copy")))
+}
+
+/// The copy's result, unless cleanup failed too: then both are reported.
+fn combine(copied: Result<BackupReport>, cleanup: Result<()>, name: &str) -> Result<BackupReport> {
+    match (copied, cleanup) {
+        (Ok(report), Ok(())) => Ok(report),
+        (Err(e), Ok(())) => Err(e.context(format!(
+            "backup of domain {name} failed (the domain is back on its disks)"
+        ))),
+        (Ok(report), Err(c)) => Err(c.context(format!(
+            "snapshot {} was stored, but cleaning up domain {name} failed",
+            report.snapshot
+        ))),
+        (Err(e), Err(c)) => Err(e.context(format!(
+            "backup of domain {name} failed, and so did cleaning up: {c:#}"
+        ))),
+    }
+}

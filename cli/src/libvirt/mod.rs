@@ -1,0 +1,256 @@
+//! libvirt orchestration: the two live backup flows of libvirt's "live full disk backup" guide
+//! (overlay and push), recovery after a crash, and the durable journal they share.
+//!
+//! - [`ffi`]: the libvirt calls the `virt` crate lacks (the only `unsafe` code in the binary).
+//! - [`domain_xml`]: disks and chains from a domain's XML.
+//! - [`journal`]: what is in flight, durably, for `ferry recover`.
+//! - [`chain`]: merging an overlay back (active commit, wait, pivot, check).
+//! - [`overlay`], [`push`]: the two backup modes; [`recover`]: undoing what a crash left.
+
+pub mod chain;
+pub mod domain_xml;
+pub mod ffi;
+pub mod journal;
+pub mod overlay;
+pub mod push;
+pub mod recover;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use virt::connect::Connect;
+use virt::domain::Domain;
+
+use crate::libvirt::domain_xml::DiskDef;
+
+/// Marker in every overlay file name Ferry creates; recovery finds leftovers by it.
+pub const OVERLAY_MARK: &str = ".ferry-overlay-";
+/// Marker in every push-mode scratch file name.
+pub const SCRATCH_MARK: &str = ".ferry-scratch-";
+
+/// An open libvirt connection.
+pub struct Hypervisor {
+    conn: Connect,
+    uri: String,
+}
+
+impl Hypervisor {
+    pub fn open(uri: &str) -> Result<Hypervisor> {
+        // libvirt prints every error to stderr by default; Ferry reports them itself.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri))
+            .map_err(ffi::LibvirtError::from)
+            .with_context(|| format!("cannot connect to libvirt at {uri}"))?;
+        Ok(Hypervisor {
+            conn,
+            uri: uri.to_owned(),
+        })
+    }
+
+    pub fn domain(&self, name: &str) -> Result<Domain> {
+        self.conn
+            .lookup_domain_by_name(name)
+            .map_err(ffi::LibvirtError::from)
+            .with_context(|| format!("domain {name:?} not found at {}", self.uri))
+    }
+
+    /// Every running domain.
+    pub fn running_domains(&self) -> Result<Vec<Domain>> {
+        self.conn
+            .list_all_domains(virt::sys::VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            .map_err(ffi::LibvirtError::from)
+            .context("cannot list domains")
+    }
+
+    /// A domain by UUID string, if it exists.
+    pub fn domain_by_uuid(&self, uuid: &str) -> Option<Domain> {
+        self.conn.lookup_domain_by_uuid_string(uuid).ok()
+    }
+}
+
+/// The live (or, when shut off, the persistent) XML of a domain.
+pub fn domain_xml(domain: &Domain) -> Result<String> {
+    domain
+        .xml_desc(0)
+        .map_err(ffi::LibvirtError::from)
+        .context("cannot read the domain XML")
+}
+
+pub fn domain_name(domain: &Domain) -> String {
+    domain.name().unwrap_or_else(|_| "?".to_owned())
+}
+
+pub fn is_running(domain: &Domain) -> Result<bool> {
+    domain
+        .is_active()
+        .map_err(ffi::LibvirtError::from)
+        .context("cannot read the domain state")
+}
+
+/// The disks to back up: every `device='disk'` when `wanted` is empty, else exactly the named
+/// targets. Refuses, naming the disk, what Ferry cannot back up: non-file disks, disks with a
+/// backing chain (the base alone would not be the whole disk), formats other than raw and
+/// qcow2.
+pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
+    let all = domain_xml::disks(xml)?;
+    for target in wanted {
+        if !all.iter().any(|d| &d.target == target) {
+            let known: Vec<&str> = all.iter().map(|d| d.target.as_str()).collect();
+            bail!(
+                "the domain has no disk {target:?} (it has: {})",
+                known.join(", ")
+            );
+        }
+    }
+    let selected: Vec<DiskDef> = all
+        .into_iter()
+        .filter(|d| {
+            if wanted.is_empty() {
+                d.device == "disk"
+            } else {
+                wanted.contains(&d.target)
+            }
+        })
+        .collect();
+    if selected.is_empty() {
+        bail!("the domain has no disk to back up");
+    }
+    for disk in &selected {
+        let t = &disk.target;
+        if disk.device != "disk" {
+            bail!("{t} is a {} device, not a disk", disk.device);
+        }
+        if disk.source_type != "file" {
+            bail!(
+                "disk {t} is a {} disk; Ferry backs up file-backed disks (raw or qcow2)",
+                disk.source_type
+            );
+        }
+        if disk.source.is_none() {
+            bail!("disk {t} has no image (empty drive)");
+        }
+        match disk.format.as_deref() {
+            Some("raw") | Some("qcow2") => {}
+            other => bail!(
+                "disk {t} has format {}; Ferry backs up raw and qcow2 images",
+                other.unwrap_or("unknown")
+            ),
+        }
+        if let Some(backing) = &disk.backing {
+            let source = disk.source.as_deref().unwrap_or(Path::new(""));
+            if source.to_string_lossy().contains(OVERLAY_MARK) {
+                bail!(
+                    "disk {t} is still on a Ferry overlay ({}); run `ferry recover`",
+                    source.display()
+                );
+            }
+            bail!(
+                "disk {t} ({}) has a backing image ({}); Ferry backs up single-image disks",
+                source.display(),
+                backing.display()
+            );
+        }
+    }
+    Ok(selected)
+}
+
+/// A temporary file name beside (or in `dir`) for the image `base`:
+/// `<dir>/<base file name><mark><unix time>-<random>.<ext>`.
+pub fn temporary_path(base: &Path, dir: Option<&Path>, mark: &str, ext: &str) -> Result<PathBuf> {
+    let name = base
+        .file_name()
+        .with_context(|| format!("{} has no file name", base.display()))?;
+    let dir = match dir {
+        Some(d) => d.to_owned(),
+        None => base
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let path = dir.join(format!(
+        "{}{mark}{}-{:08x}.{ext}",
+        name.to_string_lossy(),
+        ferry_engine_unix_now(),
+        rand::random::<u32>()
+    ));
+    if path.exists() {
+        bail!("{} already exists", path.display());
+    }
+    Ok(path)
+}
+
+fn ferry_engine_unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xml(disks: &str) -> String {
+        format!("<domain><devices>{disks}</devices></domain>")
+    }
+
+    const RAW: &str = "<disk type='file' device='disk'><driver type='raw'/><source file='/i/a.raw'/><target dev='vda'/></disk>";
+    const QCOW: &str = "<disk type='file' device='disk'><driver type='qcow2'/><source file='/i/b.qcow2'/><target dev='vdb'/></disk>";
+
+    #[test]
+    fn selects_and_refuses_by_name() {
+        let both = xml(&format!("{RAW}{QCOW}"));
+        assert_eq!(select_disks(&both, &[]).unwrap().len(), 2);
+        let vdb = select_disks(&both, &["vdb".into()]).unwrap();
+        assert_eq!(vdb[0].target, "vdb");
+        let err = select_disks(&both, &["vdz".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vdz") && err.contains("vda, vdb"), "{err}");
+
+        let net = xml(
+            "<disk type='network' device='disk'><driver type='raw'/><source protocol='nbd'/><target dev='vda'/></disk>",
+        );
+        assert!(
+            select_disks(&net, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("network")
+        );
+        let chained = xml(
+            "<disk type='file' device='disk'><driver type='qcow2'/><source file='/i/x.ferry-overlay-1-a.qcow2'/><backingStore type='file'><source file='/i/x'/></backingStore><target dev='vda'/></disk>",
+        );
+        assert!(
+            select_disks(&chained, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("ferry recover")
+        );
+        let vmdk = xml(
+            "<disk type='file' device='disk'><driver type='vmdk'/><source file='/i/x'/><target dev='vda'/></disk>",
+        );
+        assert!(
+            select_disks(&vmdk, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("vmdk")
+        );
+    }
+
+    #[test]
+    fn temporary_names_carry_the_mark() {
+        let p = temporary_path(Path::new("/i/disk.raw"), None, OVERLAY_MARK, "qcow2").unwrap();
+        let s = p.to_string_lossy();
+        assert!(
+            s.starts_with("/i/disk.raw.ferry-overlay-") && s.ends_with(".qcow2"),
+            "{s}"
+        );
+        let q = temporary_path(
+            Path::new("/i/d"),
+            Some(Path::new("/s")),
+            SCRATCH_MARK,
+            "raw",
+        )
+        .unwrap();
+        assert!(q.starts_with("/s"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Overlay mode: freeze each disk behind a temporary QCOW2 overlay, copy the frozen bases,
+//! then merge the overlays back (active commit + pivot) and delete them.
+//!
+//! Order, and why:
+//! 1. journal entry (durable) naming every base and overlay — before anything changes, so a
+//!    crash at any later point is recoverable by `ferry recover`;
+//! 2. one atomic disk-only snapshot without metadata for all selected disks (one point in time
+//!    across disks), quiesced through the guest agent when asked or available;
+//! 3. the copy of the frozen bases (the guest keeps writing, into the overlays);
+//! 4. always — after success, error, hook failure or signal — commit and pivot each disk, check
+//!    the live chain is back on the base, delete the overlay, and clear the journal last.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use virt::domain::Domain;
+use virt::sys;
+
+use crate::libvirt::chain::{merge_into_base, remove_temporary};
+use crate::libvirt::domain_xml::{self, DiskDef, escape_attr};
+use crate::libvirt::ffi::{self, codes};
+use crate::libvirt::journal::{Entry, EntryDisk, Journal};
+use crate::libvirt::{OVERLAY_MARK, temporary_path};
+
+/// Whether to quiesce guest filesystems for the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiesce {
+    Auto,
+    On,
+    Off,
+}
+
+/// A disk frozen behind an overlay.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    pub target: String,
+    pub base: PathBuf,
+    pub overlay: PathBuf,
+}
+
+/// Freezes `disks` of the running `domain` behind new overlays (in `overlay_dir`, or beside
+/// each base). On error nothing is left changed: no overlay, no journal entry.
+pub fn freeze(
+    domain: &Domain,
+    domain_name: &str,
+    all_disks: &[DiskDef],
+    disks: &[DiskDef],
+    overlay_dir: Option<&Path>,
+    quiesce: Quiesce,
+    journal: &Journal,
+) -> Result<Vec<Frozen>> {
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
+    for disk in disks {
+        if let Some(job) = ffi::block_job(domain, &disk.target)? {
+            bail!(
+                "disk {} is already in a block job (type {}); try again when it ends",
+                disk.target,
+                job.kind
+            );
+        }
+    }
+    let mut frozen = Vec::new();
+    for disk in disks {
+        let base = disk.source.clone().context("selected disks have images")?;
+        let overlay = temporary_path(&base, overlay_dir, OVERLAY_MARK, "qcow2")?;
+        frozen.push(Frozen {
+            target: disk.target.clone(),
+            base,
+            overlay,
+        });
+    }
+    journal.write(&Entry {
+        domain: domain_name.to_owned(),
+        uuid: uuid.clone(),
+        mode: "overlay".into(),
+        pid: std::process::id(),
+        started_unix: unix_now(),
+        disks: frozen
+            .iter()
+            .map(|f| EntryDisk {
+                target: f.target.clone(),
+                base: f.base.clone(),
+                temporary: f.overlay.clone(),
+            })
+            .collect(),
+    })?;
+    let snapshot_xml = snapshot_xml(all_disks, &frozen);
+    let xml = crate::libvirt::domain_xml(domain)?;
+    let result = match quiesce {
+        Quiesce::Off => take_snapshot(domain, &snapshot_xml, false).map_err(|e| anyhow!(e)),
+        Quiesce::On => take_snapshot(domain, &snapshot_xml, true).map_err(|e| {
+            if is_agent_error(&e) {
+                anyhow!("--quiesce on needs the QEMU guest agent, which does not answer: {e}")
+            } else {
+                anyhow!(e)
+            }
+        }),
+        Quiesce::Auto if domain_xml::has_agent_channel(&xml) => {
+            match take_snapshot(domain, &snapshot_xml, true) {
+                Err(e) if is_agent_error(&e) => {
+                    log::warn!(
+                        "guest agent does not answer ({e}); taking a crash-consistent snapshot"
+                    );
+                    take_snapshot(domain, &snapshot_xml, false)
+                }
+                other => other,
+            }
+            .map_err(|e| anyhow!(e))
+        }
+        Quiesce::Auto => take_snapshot(domain, &snapshot_xml, false).map_err(|e| anyhow!(e)),
+    };
+    if let Err(e) = result {
+        // The snapshot is atomic: nothing changed. Remove what may exist and the record.
+        for f in &frozen {
+            let _ = remove_temporary(&f.overlay);
+        }
+        journal.clear(&uuid)?;
+        return Err(e.context("cannot freeze the disks behind overlays (the domain is unchanged)"));
+    }
+    Ok(frozen)
+}
+
+/// Merges every overlay back, deletes them, and clears the journal when all succeeded.
+/// Tries every disk even when one fails.
+pub fn thaw(
+    domain: &Domain,
+    frozen: &[Frozen],
+    journal: &Journal,
+    progress: &dyn ferry_engine::Progress,
+) -> Result<()> {
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
+    let mut failures = Vec::new();
+    for f in frozen {
+        let merged = merge_into_base(domain, &f.target, &f.base, progress)
+            .and_then(|()| remove_temporary(&f.overlay));
+        if let Err(e) = merged {
+            failures.push(format!("{}: {e:#}", f.target));
+        }
+    }
+    if !failures.is_empty() {
+        bail!(
+            "the domain is still on a temporary overlay ({}); run `ferry recover`",
+            failures.join("; ")
+        );
+    }
+    journal.clear(&uuid)
+}
+
+fn take_snapshot(domain: &Domain, xml: &str, quiesce: bool) -> Result<(), ffi::LibvirtError> {
+    let mut flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        | sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+    if quiesce {
+        flags |= sys::VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE;
+    }
+    domain.create_snapshot_xml(xml, flags)?;
+    Ok(())
+}
+
+fn is_agent_error(e: &ffi::LibvirtError) -> bool {
+    e.code == codes::AGENT_UNRESPONSIVE
+        || (e.code == codes::ARGUMENT_UNSUPPORTED && e.message.contains("agent"))
+}
+
+/// The disk-only snapshot: an external overlay for each frozen disk, none for the others.
+fn snapshot_xml(all_disks: &[DiskDef], frozen: &[Frozen]) -> String {
+    let mut xml = String::from("<domainsnapshot><disks>");
+    for disk in all_disks.iter().filter(|d| d.device == "disk") {
+        match frozen.iter().find(|f| f.target == disk.target) {
+            Some(f) => xml.push_str(&format!(
+                "<disk name='{}' snapshot='external'><driver type='qcow2'/><source file='{}'/></disk>",
+                escape_attr(&f.target),
+                escape_attr(&f.overlay.to_string_lossy())
+            )),
+            None => xml.push_str(&format!(
+                "<disk name='{}' snapshot='no'/>",
+                escape_attr(&disk.target)
+            )),
+        }
+    }
+    xml.push_str("</disks></domainsnapshot>");
+    xml
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_xml_covers_every_disk() {
+        let disk = |t: &str, device: &str| DiskDef {
+            target: t.into(),
+            device: device.into(),
+            source_type: "file".into(),
+            source: Some(format!("/i/{t}").into()),
+            format: Some("raw".into()),
+            backing: None,
+            readonly: false,
+        };
+        let all = [
+            disk("vda", "disk"),
+            disk("vdb", "disk"),
+            disk("sda", "cdrom"),
+        ];
+        let frozen = [Frozen {
+            target: "vda".into(),
+            base: "/i/vda".into(),
+            overlay: "/i/vda.ferry-overlay-1-a.qcow2".into(),
+        }];
+        assert_eq!(
+            snapshot_xml(&all, &frozen),
+            "<domainsnapshot><disks><disk name='vda' snapshot='external'><driver type='qcow2'/>\
+             <source file='/i/vda.ferry-overlay-1-a.qcow2'/></disk><disk name='vdb' snapshot='no'/>\
+             </disks></domainsnapshot>"
+        );
+    }
+}

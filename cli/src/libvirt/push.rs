@@ -1,0 +1,201 @@
+//! Push mode: QEMU writes a point-in-time copy of each disk to a scratch file
+//! (`virDomainBackupBegin`), Ferry follows the job to its end, then streams the scratch files
+//! into the repository and deletes them. Needs libvirt >= 7.2 and QEMU >= 4.2.
+//!
+//! The scratch copies are raw images of what the guest sees (for a qcow2 disk too), written in
+//! full by QEMU, so the scratch directory needs free space for each disk's virtual size.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crossbeam_channel::Receiver;
+use virt::domain::Domain;
+
+use crate::libvirt::chain::remove_temporary;
+use crate::libvirt::domain_xml::{DiskDef, escape_attr};
+use crate::libvirt::ffi::{self, JobEnd};
+use crate::libvirt::journal::{Entry, EntryDisk, Journal};
+use crate::libvirt::{SCRATCH_MARK, temporary_path};
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// A disk being copied by QEMU to a scratch file.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    pub target: String,
+    pub base: PathBuf,
+    pub scratch: PathBuf,
+    pub virtual_size: u64,
+}
+
+/// Starts the push job for `disks` into scratch files (in `scratch_dir` or beside each disk),
+/// after checking free space. On error nothing is left: no job, no scratch file, no journal.
+pub fn begin(
+    domain: &Domain,
+    domain_name: &str,
+    all_disks: &[DiskDef],
+    disks: &[DiskDef],
+    scratch_dir: Option<&Path>,
+    journal: &Journal,
+) -> Result<Vec<Scratch>> {
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
+    let mut scratches = Vec::new();
+    for disk in disks {
+        let base = disk.source.clone().context("selected disks have images")?;
+        let info = domain
+            .block_info(&disk.target, 0)
+            .map_err(ffi::LibvirtError::from)
+            .with_context(|| format!("cannot read the size of disk {}", disk.target))?;
+        scratches.push(Scratch {
+            target: disk.target.clone(),
+            scratch: temporary_path(&base, scratch_dir, SCRATCH_MARK, "raw")?,
+            base,
+            virtual_size: info.capacity,
+        });
+    }
+    check_free_space(&scratches)?;
+    journal.write(&Entry {
+        domain: domain_name.to_owned(),
+        uuid: uuid.clone(),
+        mode: "push".into(),
+        pid: std::process::id(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        disks: scratches
+            .iter()
+            .map(|s| EntryDisk {
+                target: s.target.clone(),
+                base: s.base.clone(),
+                temporary: s.scratch.clone(),
+            })
+            .collect(),
+    })?;
+    if let Err(e) = ffi::backup_begin(domain, &backup_xml(all_disks, &scratches)) {
+        end(domain, &scratches, journal)?;
+        return Err(anyhow::Error::new(e).context("cannot start the push backup job"));
+    }
+    Ok(scratches)
+}
+
+/// Follows the job until QEMU has written every scratch file. `cancel` disconnecting (a signal)
+/// aborts the job. Progress goes to `progress(processed, total)`.
+pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Fn(u64, u64)) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let job = ffi::job_progress(domain).context("cannot follow the backup job")?;
+        if !job.running() {
+            break;
+        }
+        progress(job.data_processed, job.data_total);
+        if matches!(
+            cancel.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        ) {
+            let _ = ffi::abort_job(domain);
+            bail!("interrupted: the backup job was aborted");
+        }
+        std::thread::sleep(POLL);
+    }
+    match ffi::completed_job(domain).context("cannot read how the backup job ended")? {
+        JobEnd::Completed => {
+            log::info!(
+                "push job completed in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        JobEnd::Failed(message) => bail!("the backup job failed: {message}"),
+        JobEnd::Cancelled => bail!("the backup job was cancelled"),
+        JobEnd::Unknown => {
+            // libvirt reports a completed job once; if it was consumed elsewhere, the scratch
+            // files must at least be complete in size.
+            log::warn!(
+                "libvirt did not report how the backup job ended; checking the scratch files"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Aborts the job if it still runs, deletes the scratch files and clears the journal.
+pub fn end(domain: &Domain, scratches: &[Scratch], journal: &Journal) -> Result<()> {
+    if ffi::job_progress(domain).is_ok_and(|j| j.running()) {
+        ffi::abort_job(domain).context("cannot abort the backup job")?;
+    }
+    let mut failures = Vec::new();
+    for s in scratches {
+        if let Err(e) = remove_temporary(&s.scratch) {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("cannot delete scratch files: {}", failures.join("; "));
+    }
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
+    journal.clear(&uuid)
+}
+
+/// Checks each scratch file's size equals its disk's (a truncated copy must not be stored).
+pub fn check_complete(scratches: &[Scratch]) -> Result<()> {
+    for s in scratches {
+        let size = std::fs::metadata(&s.scratch)
+            .with_context(|| format!("scratch file {} is missing", s.scratch.display()))?
+            .len();
+        if size != s.virtual_size {
+            bail!(
+                "scratch copy of {} holds {size} bytes, the disk {}",
+                s.target,
+                s.virtual_size
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_free_space(scratches: &[Scratch]) -> Result<()> {
+    let mut needed: Vec<(PathBuf, u64)> = Vec::new();
+    for s in scratches {
+        let dir = s.scratch.parent().unwrap_or(Path::new(".")).to_owned();
+        match needed.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, n)) => *n += s.virtual_size,
+            None => needed.push((dir, s.virtual_size)),
+        }
+    }
+    for (dir, bytes) in needed {
+        let stat = rustix::fs::statvfs(&dir)
+            .with_context(|| format!("cannot check free space in {}", dir.display()))?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < bytes {
+            bail!(
+                "not enough free space in {} for push-mode scratch copies: {} bytes needed, {} free \
+                 (use --scratch-dir, or --mode overlay)",
+                dir.display(),
+                bytes,
+                free
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The push backup description: a raw scratch target for each selected disk, none for others.
+fn backup_xml(all_disks: &[DiskDef], scratches: &[Scratch]) -> String {
+    let mut xml = String::from("<domainbackup mode='push'><disks>");
+    for disk in all_disks.iter().filter(|d| d.device == "disk") {
+        match scratches.iter().find(|s| s.target == disk.target) {
+            Some(s) => xml.push_str(&format!(
+                "<disk name='{}' backup='yes' type='file'><target file='{}'/><driver type='raw'/></disk>",
+                escape_attr(&s.target),
+                escape_attr(&s.scratch.to_string_lossy())
+            )),
+            None => xml.push_str(&format!(
+                "<disk name='{}' backup='no'/>",
+                escape_attr(&disk.target)
+            )),
+        }
+    }
+    xml.push_str("</disks></domainbackup>");
+    xml
+}

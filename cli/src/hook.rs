@@ -1,6 +1,7 @@
 //! `--hook CMD`: a user command run at the phases of a domain backup.
 
-use std::process::Command;
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -29,9 +30,12 @@ pub fn run(command: Option<&str>, phase: Phase, domain: &str) -> Result<()> {
     let Some(command) = command else {
         return Ok(());
     };
+    // The hook's output goes to stderr: stdout carries `--json`.
+    let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
     let status = Command::new("sh")
         .arg("-c")
         .arg(command)
+        .stdout(Stdio::from(stderr))
         .env("FERRY_HOOK_PHASE", phase.name())
         .env("FERRY_DOMAIN", domain)
         .env("FERRY_PID", std::process::id().to_string())

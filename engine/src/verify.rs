@@ -123,10 +123,16 @@ pub fn verify(
     for id in &ids {
         let snapshot = match repo.load_snapshot(id) {
             Ok(s) => s,
-            Err(EngineError::Manifest { source, .. }) => {
+            // Damaged, vanished or unreadable (EIO on a bad sector): report it and go on.
+            Err(e @ (EngineError::Manifest { .. } | EngineError::SnapshotNotFound(_)))
+            | Err(e @ EngineError::Sink(_)) => {
+                let reason = match e {
+                    EngineError::Manifest { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
                 problems.push(Problem::ManifestDamaged {
                     snapshot: id.clone(),
-                    reason: source.to_string(),
+                    reason,
                 });
                 continue;
             }
@@ -282,7 +288,19 @@ fn check_chunk(
     let object = match repo.sink().get(&Repository::chunk_key(id)) {
         Ok(object) => object,
         Err(SinkError::NotFound { .. }) => return Ok(Some(missing())),
-        Err(e) => return Err(e.into()),
+        // A transient failure says nothing about the chunk; stop rather than guess.
+        Err(e) if e.retry() == ferry_sinks::Retry::Transient => return Err(e.into()),
+        // Unreadable (EIO, permissions): the chunk cannot be restored, so it is damaged.
+        Err(e) => {
+            return Ok(Some(Problem::ChunkCorrupt {
+                chunk: id.to_hex(),
+                snapshot: r.snapshot.clone(),
+                disk: r.disk.clone(),
+                offset: r.offset,
+                references: r.count,
+                reason: format!("unreadable: {e}"),
+            }));
+        }
     };
     let reason = match decoder.decode(&object, id, r.max_len) {
         Ok(raw) if raw.len() == r.len => return Ok(None),

@@ -2,25 +2,32 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use ferry_engine::Repository;
-use ferry_engine::backup::{BackupReport, DiskSource, backup, copy};
+use ferry_engine::backup::{BackupReport, DiskSource, copy};
 
 use crate::args::{BackupArgs, ModeChoice, QuiesceChoice};
 use crate::commands::backup::engine_options;
 use crate::hook::{self, Phase};
 use crate::libvirt::journal::Journal;
-use crate::libvirt::overlay::{self, Quiesce};
+use crate::libvirt::overlay::{self, DomainTarget, Quiesce};
 use crate::libvirt::recover::recover;
-use crate::libvirt::{Hypervisor, domain_xml, is_running, push, select_disks};
+use crate::libvirt::{
+    Hypervisor, check_standalone_image, domain_xml, ffi, is_running, push, select_disks,
+};
 use crate::progress::Bar;
 
 pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupReport> {
     let hv = Hypervisor::open(&args.connect.connect)?;
     let domain = hv.domain(name)?;
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     let journal = Journal::from_env();
+    // One backup per domain at a time; `recover` leaves a locked domain alone.
+    let lock = journal.lock(&uuid, name)?;
     // Anything an earlier, interrupted backup of this domain left is undone first.
-    for r in recover(&hv, &journal, Some(name)).context("cannot recover an earlier backup")? {
+    let recovered = recover(&hv, &journal, Some(name), Some(&lock))
+        .context("cannot recover an earlier backup of this domain")?;
+    for r in recovered {
         log::warn!(
             "recovered an interrupted backup of {}: merged {:?}",
             r.domain,
@@ -30,28 +37,42 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
     let xml = domain_xml(&domain)?;
     let all_disks = crate::libvirt::domain_xml::disks(&xml)?;
     let disks = select_disks(&xml, &args.disks)?;
+    for disk in &disks {
+        check_standalone_image(
+            &disk.target,
+            disk.source.as_deref().expect("selected disks have images"),
+        )?;
+    }
     let mut options = engine_options(args, repo, name)?;
     options.domain_xml = Some(xml);
     let cancel = crate::signals::cancel_on_signal()?;
     options.cancel = Some(cancel.clone());
     let bar = Bar::new(args.json);
     let hook_cmd = args.hook.as_deref();
-    let base_sources = || -> Vec<DiskSource> {
-        disks
-            .iter()
-            .map(|d| {
-                DiskSource::new(
-                    d.target.clone(),
-                    d.source.clone().expect("selected disks have images"),
-                )
-            })
-            .collect()
+    let base_sources: Vec<DiskSource> = disks
+        .iter()
+        .map(|d| {
+            DiskSource::new(
+                d.target.clone(),
+                d.source.clone().expect("selected disks have images"),
+            )
+        })
+        .collect();
+    let target = DomainTarget {
+        domain: &domain,
+        name,
+        connect: hv.uri(),
+        journal: &journal,
     };
 
     if !is_running(&domain)? {
         log::info!("domain {name} is shut off: backing up its images offline");
-        return backup(repo, &base_sources(), &options, &bar)
-            .with_context(|| format!("offline backup of domain {name} failed"));
+        let pending = copy(repo, &base_sources, &options, &bar)
+            .with_context(|| format!("offline backup of domain {name} failed"))?;
+        if is_running(&domain)? {
+            bail!("domain {name} was started during the offline backup; nothing was published");
+        }
+        return Ok(pending.publish(repo)?);
     }
 
     match args.mode {
@@ -62,17 +83,15 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
                 QuiesceChoice::Off => Quiesce::Off,
             };
             let frozen = overlay::freeze(
-                &domain,
-                name,
+                &target,
                 &all_disks,
                 &disks,
                 args.overlay_dir.as_deref(),
                 quiesce,
-                &journal,
             )?;
             let copied = guarded(|| {
                 hook::run(hook_cmd, Phase::Frozen, name)?;
-                let pending = copy(repo, &base_sources(), &options, &bar)?;
+                let pending = copy(repo, &base_sources, &options, &bar)?;
                 hook::run(hook_cmd, Phase::Copied, name)?;
                 Ok(pending.publish(repo)?)
             });
@@ -80,19 +99,10 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
             combine(copied, thawed, name)
         }
         ModeChoice::Push => {
-            let scratches = push::begin(
-                &domain,
-                name,
-                &all_disks,
-                &disks,
-                args.scratch_dir.as_deref(),
-                &journal,
-            )?;
+            let scratches = push::begin(&target, &all_disks, &disks, args.scratch_dir.as_deref())?;
             let copied = guarded(|| {
                 hook::run(hook_cmd, Phase::Frozen, name)?;
-                push::wait(&domain, &cancel, &|done, total| {
-                    log::debug!("push job: {done} of {total} bytes");
-                })?;
+                push::wait(&domain, &cancel, &bar)?;
                 push::check_complete(&scratches)?;
                 let sources: Vec<DiskSource> = scratches
                     .iter()

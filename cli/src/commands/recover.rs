@@ -13,7 +13,7 @@ use crate::libvirt::recover::recover;
 pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let hv = Hypervisor::open(&args.connect.connect)?;
     let journal = Journal::from_env();
-    let recovered = recover(&hv, &journal, args.domain.as_deref())?;
+    let recovered = recover(&hv, &journal, args.domain.as_deref(), None)?;
     if args.json {
         print_json(&serde_json::json!({ "recovered": recovered }))?;
     } else if recovered.is_empty() {

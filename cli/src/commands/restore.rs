@@ -70,17 +70,24 @@ fn restore_all(
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut reports = Vec::new();
+    let mut reports: Vec<RestoreReport> = Vec::new();
     for (index, disk) in snapshot.manifest.meta.disks.iter().enumerate() {
         let target = dir.join(&disk.name);
-        reports.push(
-            restore_disk(repo, snapshot, index, &target, options, bar).with_context(|| {
-                format!(
-                    "restore of snapshot {} disk {} failed",
-                    snapshot.id, disk.name
-                )
-            })?,
-        );
+        match restore_disk(repo, snapshot, index, &target, options, bar) {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                // All or nothing: the disks restored so far by this run are removed again.
+                for done in &reports {
+                    let _ = std::fs::remove_file(&done.target);
+                }
+                return Err(e).with_context(|| {
+                    format!(
+                        "restore of snapshot {} disk {} failed",
+                        snapshot.id, disk.name
+                    )
+                });
+            }
+        }
     }
     Ok(reports)
 }

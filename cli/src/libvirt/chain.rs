@@ -17,12 +17,14 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Interval between block job polls.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Merges the active overlay of `target` into `base` and pivots the disk onto `base`. Works
-/// whether or not a commit job is already running (a crashed Ferry may have started one).
-/// The commit's progress (bytes of the overlay merged) goes to `progress`.
+/// Merges the overlay `top` of disk `target` into its immediate backing image `base` and
+/// pivots the disk onto `base`. Refuses when the disk's active layer is not `top` over `base`
+/// (someone else changed the chain). Works whether or not a commit job is already running (a
+/// crashed Ferry may have started one). The commit's progress goes to `progress`.
 pub fn merge_into_base(
     domain: &Domain,
     target: &str,
+    top: &Path,
     base: &Path,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -32,6 +34,23 @@ pub fn merge_into_base(
             base.display()
         )
     };
+    let live = domain_xml::disks(&crate::libvirt::domain_xml(domain)?)?;
+    let disk = live
+        .iter()
+        .find(|d| d.target == target)
+        .with_context(|| format!("disk {target} vanished from the domain"))?;
+    if disk.source.as_deref() != Some(top) || disk.backing.as_deref() != Some(base) {
+        bail!(
+            "disk {target} is on {} backed by {}, not on Ferry's overlay {} over {}; not touching it",
+            disk.source.as_deref().unwrap_or(Path::new("?")).display(),
+            disk.backing
+                .as_deref()
+                .unwrap_or(Path::new("nothing"))
+                .display(),
+            top.display(),
+            base.display()
+        );
+    }
     match ffi::block_job(domain, target).with_context(failed)? {
         Some(job) if job.kind == ffi::BLOCK_JOB_ACTIVE_COMMIT => {}
         Some(job) => bail!(

@@ -75,12 +75,12 @@ impl BlockJob {
     }
 }
 
-/// Starts an active commit of the top overlay of `disk` into its backing image
-/// (`virDomainBlockCommit` with `VIR_DOMAIN_BLOCK_COMMIT_ACTIVE`).
+/// Starts an active commit of the active layer of `disk` into its immediate backing image
+/// only (`virDomainBlockCommit` with `VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | _SHALLOW`).
 pub fn block_commit_active(domain: &Domain, disk: &str) -> Result<(), LibvirtError> {
     let disk = c_string(disk)?;
-    // SAFETY: a live domain pointer and a valid C string; NULL base/top mean "the backing
-    // image" and "the active layer".
+    // SAFETY: a live domain pointer and a valid C string; NULL top is the active layer and,
+    // with SHALLOW, NULL base is its immediate backing image.
     let rc = unsafe {
         sys::virDomainBlockCommit(
             domain.as_ptr(),
@@ -88,7 +88,7 @@ pub fn block_commit_active(domain: &Domain, disk: &str) -> Result<(), LibvirtErr
             std::ptr::null(),
             std::ptr::null(),
             0,
-            sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
+            sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | sys::VIR_DOMAIN_BLOCK_COMMIT_SHALLOW,
         )
     };
     if rc < 0 { Err(last_error()) } else { Ok(()) }
@@ -177,8 +177,8 @@ pub fn job_progress(domain: &Domain) -> Result<JobProgress, LibvirtError> {
     })
 }
 
-/// How the domain's last job ended, if libvirt still knows
-/// (`virDomainGetJobStats` with `VIR_DOMAIN_JOB_STATS_COMPLETED`).
+/// How the domain's last job ended, if libvirt still knows (`virDomainGetJobStats` with
+/// `VIR_DOMAIN_JOB_STATS_COMPLETED`, keeping the record for other readers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
     Completed,
@@ -198,7 +198,7 @@ pub fn completed_job(domain: &Domain) -> Result<JobEnd, LibvirtError> {
             &mut kind,
             &mut params,
             &mut nparams,
-            sys::VIR_DOMAIN_JOB_STATS_COMPLETED,
+            sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED,
         )
     };
     if rc < 0 {

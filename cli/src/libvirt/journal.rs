@@ -8,6 +8,11 @@
 //! One file per domain, `$FERRY_STATE_DIR/journal/<domain uuid>.json` (default state dir
 //! `/var/lib/ferry`), written as temp file, fsync, rename, fsync of the directory; files are
 //! 0600 and directories 0700.
+//!
+//! In `$FERRY_STATE_DIR/locks/`, `<domain uuid>.lock` is `flock`ed exclusively by a backup for its whole run, and
+//! tried by `recover` before it touches the domain: a held lock means a backup is in progress
+//! (the kernel releases it when the process dies, even by SIGKILL), so recovery never merges
+//! an overlay a live backup is still reading, and two backups of one domain never overlap.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -28,6 +33,9 @@ pub struct Entry {
     /// `overlay` or `push`.
     pub mode: String,
     pub pid: u32,
+    /// The libvirt URI the domain was reached through.
+    #[serde(default)]
+    pub connect: String,
     pub started_unix: u64,
     pub disks: Vec<EntryDisk>,
 }
@@ -46,6 +54,7 @@ pub struct EntryDisk {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    locks: PathBuf,
 }
 
 impl Journal {
@@ -56,10 +65,12 @@ impl Journal {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         Journal {
             dir: state.join("journal"),
+            locks: state.join("locks"),
         }
     }
 
-    fn path(&self, uuid: &str) -> PathBuf {
+    /// The file holding a domain's record.
+    pub fn entry_path(&self, uuid: &str) -> PathBuf {
         self.dir.join(format!("{uuid}.json"))
     }
 
@@ -71,7 +82,7 @@ impl Journal {
             .mode(0o700)
             .create(&self.dir)
             .with_context(failed)?;
-        let final_path = self.path(&entry.uuid);
+        let final_path = self.entry_path(&entry.uuid);
         let temp = self.dir.join(format!(".{}.tmp", entry.uuid));
         let bytes = serde_json::to_vec_pretty(entry)?;
         let mut file = OpenOptions::new()
@@ -89,7 +100,7 @@ impl Journal {
 
     /// Removes the record of a domain (no error if there is none).
     pub fn clear(&self, uuid: &str) -> Result<()> {
-        match fs::remove_file(self.path(uuid)) {
+        match fs::remove_file(self.entry_path(uuid)) {
             Ok(()) => self
                 .sync_dir()
                 .with_context(|| format!("cannot sync {}", self.dir.display())),
@@ -98,32 +109,89 @@ impl Journal {
         }
     }
 
-    /// Every record, with the file it came from; unreadable files are reported, not skipped.
-    pub fn entries(&self) -> Result<Vec<Entry>> {
+    /// Every record; files that do not read or parse are returned apart, by domain uuid (their
+    /// file name), so that one damaged record blocks only its own domain.
+    pub fn entries(&self) -> Result<(Vec<Entry>, Vec<DamagedEntry>)> {
         let dir = match fs::read_dir(&self.dir) {
             Ok(dir) => dir,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Vec::new(), Vec::new()));
+            }
             Err(e) => return Err(e).context(format!("cannot read {}", self.dir.display())),
         };
         let mut entries = Vec::new();
+        let mut damaged = Vec::new();
         for item in dir {
             let path = item?.path();
-            if path.extension().is_none_or(|e| e != "json") {
+            let (Some(uuid), Some("json")) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|e| e.to_str()),
+            ) else {
                 continue;
+            };
+            let parsed = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    serde_json::from_slice::<Entry>(&bytes).map_err(|e| e.to_string())
+                });
+            match parsed {
+                Ok(entry) => entries.push(entry),
+                Err(e) => damaged.push((
+                    uuid.to_owned(),
+                    format!("journal file {} is damaged: {e}", path.display()),
+                )),
             }
-            let bytes =
-                fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let entry: Entry = serde_json::from_slice(&bytes)
-                .with_context(|| format!("journal file {} is damaged", path.display()))?;
-            entries.push(entry);
         }
         entries.sort_by(|a, b| a.domain.cmp(&b.domain));
-        Ok(entries)
+        Ok((entries, damaged))
+    }
+
+    /// Takes the domain's lock, failing at once when another process holds it.
+    pub fn lock(&self, uuid: &str, domain: &str) -> Result<DomainLock> {
+        self.try_lock(uuid)?.with_context(|| {
+            format!("another ferry process is backing up domain {domain:?}; try again when it ends")
+        })
+    }
+
+    /// Takes the domain's lock if it is free; `None` while another process holds it.
+    pub fn try_lock(&self, uuid: &str) -> Result<Option<DomainLock>> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.locks)
+            .with_context(|| format!("cannot create {}", self.locks.display()))?;
+        let path = self.locks.join(format!("{uuid}.lock"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(Some(DomainLock {
+                uuid: uuid.to_owned(),
+                _file: file,
+            })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }
+}
+
+/// A journal file that does not read or parse: the domain uuid (its file name) and why.
+pub type DamagedEntry = (String, String);
+
+/// An exclusive claim on one domain, released when dropped or when the process ends.
+#[derive(Debug)]
+pub struct DomainLock {
+    pub uuid: String,
+    _file: File,
 }
 
 #[cfg(test)]
@@ -136,13 +204,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal {
             dir: dir.path().join("journal"),
+            locks: dir.path().join("locks"),
         };
-        assert!(journal.entries().unwrap().is_empty());
+        assert!(journal.entries().unwrap().0.is_empty());
         let entry = Entry {
             domain: "vm".into(),
             uuid: "u-1".into(),
             mode: "overlay".into(),
             pid: 1,
+            connect: "qemu:///system".into(),
             started_unix: 2,
             disks: vec![EntryDisk {
                 target: "vda".into(),
@@ -151,12 +221,32 @@ mod tests {
             }],
         };
         journal.write(&entry).unwrap();
-        assert_eq!(journal.entries().unwrap(), vec![entry]);
+        assert_eq!(journal.entries().unwrap(), (vec![entry], vec![]));
         let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&journal.dir), 0o700);
-        assert_eq!(mode(&journal.path("u-1")), 0o600);
+        assert_eq!(mode(&journal.entry_path("u-1")), 0o600);
         journal.clear("u-1").unwrap();
         journal.clear("u-1").unwrap();
-        assert!(journal.entries().unwrap().is_empty());
+        assert!(journal.entries().unwrap().0.is_empty());
+        fs::write(journal.dir.join("u-2.json"), b"{").unwrap();
+        let (good, damaged) = journal.entries().unwrap();
+        assert!(good.is_empty());
+        assert_eq!(damaged[0].0, "u-2");
+    }
+
+    #[test]
+    fn lock_is_exclusive_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal {
+            dir: dir.path().join("journal"),
+            locks: dir.path().join("locks"),
+        };
+        let held = journal.lock("u", "vm").unwrap();
+        assert!(journal.try_lock("u").unwrap().is_none());
+        let err = journal.lock("u", "vm").unwrap_err().to_string();
+        assert!(err.contains("another ferry process"), "{err}");
+        assert!(journal.try_lock("other").unwrap().is_some());
+        drop(held);
+        assert!(journal.try_lock("u").unwrap().is_some());
     }
 }

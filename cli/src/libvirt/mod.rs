@@ -62,10 +62,26 @@ impl Hypervisor {
             .context("cannot list domains")
     }
 
-    /// A domain by UUID string, if it exists.
-    pub fn domain_by_uuid(&self, uuid: &str) -> Option<Domain> {
-        self.conn.lookup_domain_by_uuid_string(uuid).ok()
+    /// A domain by UUID string; `None` only when libvirt says no such domain exists.
+    pub fn domain_by_uuid(&self, uuid: &str) -> Result<Option<Domain>> {
+        match self.conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(domain) => Ok(Some(domain)),
+            Err(e) if e.code().to_raw() == virt::sys::VIR_ERR_NO_DOMAIN => Ok(None),
+            Err(e) => Err(ffi::LibvirtError::from(e))
+                .with_context(|| format!("cannot look up domain {uuid}")),
+        }
     }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+}
+
+/// Whether `path` is named like a temporary file Ferry creates (overlay or scratch copy).
+pub fn is_ferry_temporary(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| n.contains(OVERLAY_MARK) || n.contains(SCRATCH_MARK))
 }
 
 /// The live (or, when shut off, the persistent) XML of a domain.
@@ -152,6 +168,26 @@ pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
         }
     }
     Ok(selected)
+}
+
+/// Refuses a qcow2 image that has a backing file: its own file is not the whole disk. (The live
+/// XML shows chains of running domains; a shut-off domain's XML may not, so the image header is
+/// read.)
+pub fn check_standalone_image(target: &str, path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the image of disk {target}: {}", path.display()))?;
+    let n = file.read(&mut head).unwrap_or(0);
+    let qcow2 = n == 16 && head[..4] == *b"QFI\xfb";
+    let backing_offset = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    if qcow2 && backing_offset != 0 {
+        bail!(
+            "disk {target} ({}) is a qcow2 image with a backing file; Ferry backs up single-image disks",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// A temporary file name beside (or in `dir`) for the image `base`:

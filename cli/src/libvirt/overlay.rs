@@ -30,6 +30,16 @@ pub enum Quiesce {
     Off,
 }
 
+/// The domain a backup works on, and where it records what it changes.
+#[derive(Clone, Copy)]
+pub struct DomainTarget<'a> {
+    pub domain: &'a Domain,
+    pub name: &'a str,
+    /// The libvirt URI, recorded in the journal for `recover`.
+    pub connect: &'a str,
+    pub journal: &'a Journal,
+}
+
 /// A disk frozen behind an overlay.
 #[derive(Debug, Clone)]
 pub struct Frozen {
@@ -41,14 +51,18 @@ pub struct Frozen {
 /// Freezes `disks` of the running `domain` behind new overlays (in `overlay_dir`, or beside
 /// each base). On error nothing is left changed: no overlay, no journal entry.
 pub fn freeze(
-    domain: &Domain,
-    domain_name: &str,
+    target: &DomainTarget<'_>,
     all_disks: &[DiskDef],
     disks: &[DiskDef],
     overlay_dir: Option<&Path>,
     quiesce: Quiesce,
-    journal: &Journal,
 ) -> Result<Vec<Frozen>> {
+    let DomainTarget {
+        domain,
+        name: domain_name,
+        connect,
+        journal,
+    } = *target;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     for disk in disks {
         if let Some(job) = ffi::block_job(domain, &disk.target)? {
@@ -74,6 +88,7 @@ pub fn freeze(
         uuid: uuid.clone(),
         mode: "overlay".into(),
         pid: std::process::id(),
+        connect: connect.to_owned(),
         started_unix: unix_now(),
         disks: frozen
             .iter()
@@ -110,9 +125,23 @@ pub fn freeze(
         Quiesce::Auto => take_snapshot(domain, &snapshot_xml, false).map_err(|e| anyhow!(e)),
     };
     if let Err(e) = result {
-        // The snapshot is atomic: nothing changed. Remove what may exist and the record.
+        // An atomic snapshot that failed changed nothing, unless the failure came after QEMU
+        // switched (a dropped connection): look before deleting anything.
+        let live = domain_xml::disks(&crate::libvirt::domain_xml(domain)?)?;
+        let switched: Vec<Frozen> = frozen
+            .iter()
+            .filter(|f| {
+                live.iter()
+                    .any(|d| d.target == f.target && d.source.as_deref() == Some(&f.overlay))
+            })
+            .cloned()
+            .collect();
+        if !switched.is_empty() {
+            thaw(domain, &switched, journal, &ferry_engine::NoProgress)
+                .context("the snapshot failed half-way and merging back failed too")?;
+        }
         for f in &frozen {
-            let _ = remove_temporary(&f.overlay);
+            remove_temporary(&f.overlay)?;
         }
         journal.clear(&uuid)?;
         return Err(e.context("cannot freeze the disks behind overlays (the domain is unchanged)"));
@@ -131,7 +160,7 @@ pub fn thaw(
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     let mut failures = Vec::new();
     for f in frozen {
-        let merged = merge_into_base(domain, &f.target, &f.base, progress)
+        let merged = merge_into_base(domain, &f.target, &f.overlay, &f.base, progress)
             .and_then(|()| remove_temporary(&f.overlay));
         if let Err(e) = merged {
             failures.push(format!("{}: {e:#}", f.target));

@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use crossbeam_channel::Receiver;
+use ferry_engine::Progress;
 use virt::domain::Domain;
 
 use crate::libvirt::chain::remove_temporary;
 use crate::libvirt::domain_xml::{DiskDef, escape_attr};
 use crate::libvirt::ffi::{self, JobEnd};
 use crate::libvirt::journal::{Entry, EntryDisk, Journal};
+use crate::libvirt::overlay::DomainTarget;
 use crate::libvirt::{SCRATCH_MARK, temporary_path};
 
 const POLL: Duration = Duration::from_millis(50);
@@ -32,13 +34,17 @@ pub struct Scratch {
 /// Starts the push job for `disks` into scratch files (in `scratch_dir` or beside each disk),
 /// after checking free space. On error nothing is left: no job, no scratch file, no journal.
 pub fn begin(
-    domain: &Domain,
-    domain_name: &str,
+    target: &DomainTarget<'_>,
     all_disks: &[DiskDef],
     disks: &[DiskDef],
     scratch_dir: Option<&Path>,
-    journal: &Journal,
 ) -> Result<Vec<Scratch>> {
+    let DomainTarget {
+        domain,
+        name: domain_name,
+        connect,
+        journal,
+    } = *target;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     let mut scratches = Vec::new();
     for disk in disks {
@@ -60,6 +66,7 @@ pub fn begin(
         uuid: uuid.clone(),
         mode: "push".into(),
         pid: std::process::id(),
+        connect: connect.to_owned(),
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -73,22 +80,28 @@ pub fn begin(
             .collect(),
     })?;
     if let Err(e) = ffi::backup_begin(domain, &backup_xml(all_disks, &scratches)) {
-        end(domain, &scratches, journal)?;
+        // No job of ours runs (another job may: it is not ours to abort).
+        remove_scratches(&scratches)?;
+        journal.clear(&uuid)?;
         return Err(anyhow::Error::new(e).context("cannot start the push backup job"));
     }
     Ok(scratches)
 }
 
 /// Follows the job until QEMU has written every scratch file. `cancel` disconnecting (a signal)
-/// aborts the job. Progress goes to `progress(processed, total)`.
-pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Fn(u64, u64)) -> Result<()> {
+/// aborts the job. The job's progress goes to `progress`.
+pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Progress) -> Result<()> {
     let started = Instant::now();
+    let mut shown = 0u64;
+    progress.start_disk("QEMU copy", 0);
     loop {
         let job = ffi::job_progress(domain).context("cannot follow the backup job")?;
         if !job.running() {
             break;
         }
-        progress(job.data_processed, job.data_total);
+        progress.set_total(job.data_total);
+        progress.advance(job.data_processed.saturating_sub(shown));
+        shown = shown.max(job.data_processed);
         if matches!(
             cancel.try_recv(),
             Err(crossbeam_channel::TryRecvError::Disconnected)
@@ -98,6 +111,7 @@ pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Fn(u64, u64))
         }
         std::thread::sleep(POLL);
     }
+    progress.finish_disk("QEMU copy");
     match ffi::completed_job(domain).context("cannot read how the backup job ended")? {
         JobEnd::Completed => {
             log::info!(
@@ -108,33 +122,32 @@ pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Fn(u64, u64))
         }
         JobEnd::Failed(message) => bail!("the backup job failed: {message}"),
         JobEnd::Cancelled => bail!("the backup job was cancelled"),
-        JobEnd::Unknown => {
-            // libvirt reports a completed job once; if it was consumed elsewhere, the scratch
-            // files must at least be complete in size.
-            log::warn!(
-                "libvirt did not report how the backup job ended; checking the scratch files"
-            );
-            Ok(())
-        }
+        // Without proof of completion the scratch copies may be partial: never store them.
+        JobEnd::Unknown => bail!("libvirt did not report how the backup job ended"),
     }
 }
 
-/// Aborts the job if it still runs, deletes the scratch files and clears the journal.
+/// Aborts the job (ours: [`begin`] started it under the domain lock) if it still runs,
+/// deletes the scratch files and clears the journal.
 pub fn end(domain: &Domain, scratches: &[Scratch], journal: &Journal) -> Result<()> {
     if ffi::job_progress(domain).is_ok_and(|j| j.running()) {
         ffi::abort_job(domain).context("cannot abort the backup job")?;
     }
-    let mut failures = Vec::new();
-    for s in scratches {
-        if let Err(e) = remove_temporary(&s.scratch) {
-            failures.push(format!("{e:#}"));
-        }
-    }
+    remove_scratches(scratches)?;
+    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
+    journal.clear(&uuid)
+}
+
+fn remove_scratches(scratches: &[Scratch]) -> Result<()> {
+    let failures: Vec<String> = scratches
+        .iter()
+        .filter_map(|s| remove_temporary(&s.scratch).err())
+        .map(|e| format!("{e:#}"))
+        .collect();
     if !failures.is_empty() {
         bail!("cannot delete scratch files: {}", failures.join("; "));
     }
-    let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
-    journal.clear(&uuid)
+    Ok(())
 }
 
 /// Checks each scratch file's size equals its disk's (a truncated copy must not be stored).

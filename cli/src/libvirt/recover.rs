@@ -2,19 +2,23 @@
 //!
 //! Two sources of truth, both used: the journal (what Ferry recorded before changing a domain)
 //! and the live disk chains (a disk whose active image carries [`OVERLAY_MARK`] and has a
-//! backing image is on a Ferry overlay, journal or not). A record whose process is still alive
-//! belongs to a backup in progress and is left alone.
+//! backing image is on a Ferry overlay, journal or not). A domain whose journal lock is held
+//! belongs to a backup in progress and is left alone. Nothing is ever deleted that does not
+//! carry Ferry's temporary-file mark, and an overlay is deleted only after its disk is merged
+//! back (or was never switched onto it): when the domain cannot be found, the files are kept.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ferry_engine::NoProgress;
 use serde::Serialize;
 use virt::domain::Domain;
 
 use crate::libvirt::chain::{merge_into_base, remove_temporary};
-use crate::libvirt::journal::{Entry, Journal};
-use crate::libvirt::{Hypervisor, OVERLAY_MARK, domain_name, domain_xml, ffi, is_running};
+use crate::libvirt::journal::{DomainLock, Entry, Journal};
+use crate::libvirt::{
+    Hypervisor, OVERLAY_MARK, domain_name, domain_xml, ffi, is_ferry_temporary, is_running,
+};
 
 /// What recovery did for one domain.
 #[derive(Debug, Clone, Serialize)]
@@ -26,26 +30,44 @@ pub struct Recovered {
     pub removed: Vec<PathBuf>,
 }
 
-/// Recovers every domain (or only `only`), returning what was done. Fails, after trying
+/// Recovers every domain (or only `only`), returning what was done. `held` is a domain lock
+/// the caller already holds (a backup recovering its own domain first). Fails, after trying
 /// everything, if any domain could not be brought back.
-pub fn recover(hv: &Hypervisor, journal: &Journal, only: Option<&str>) -> Result<Vec<Recovered>> {
+pub fn recover(
+    hv: &Hypervisor,
+    journal: &Journal,
+    only: Option<&str>,
+    held: Option<&DomainLock>,
+) -> Result<Vec<Recovered>> {
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    let mut handled_uuids = Vec::new();
-    for entry in journal.entries()? {
+    let mut seen = Vec::new();
+    let (entries, damaged) = journal.entries()?;
+    for (uuid, error) in damaged {
+        let ours = only.is_none() || held.is_some_and(|h| h.uuid == uuid);
+        if ours {
+            failures.push(error);
+        }
+    }
+    for entry in entries {
         if only.is_some_and(|name| name != entry.domain) {
             continue;
         }
-        if entry.pid != std::process::id() && process_alive(entry.pid) {
-            log::warn!(
-                "domain {}: a backup (pid {}) is still running; leaving it alone",
-                entry.domain,
-                entry.pid
-            );
-            handled_uuids.push(entry.uuid.clone());
+        seen.push(entry.uuid.clone());
+        if !entry.connect.is_empty() && entry.connect != hv.uri() {
+            failures.push(format!(
+                "{}: its backup went through {}; run `ferry recover --connect {}`",
+                entry.domain, entry.connect, entry.connect
+            ));
             continue;
         }
-        handled_uuids.push(entry.uuid.clone());
+        let Some(_lock) = claim(journal, &entry.uuid, held)? else {
+            log::warn!(
+                "domain {}: a backup is in progress; leaving it alone",
+                entry.domain
+            );
+            continue;
+        };
         match recover_entry(hv, journal, &entry) {
             Ok(r) => done.push(r),
             Err(e) => failures.push(format!("{}: {e:#}", entry.domain)),
@@ -53,13 +75,13 @@ pub fn recover(hv: &Hypervisor, journal: &Journal, only: Option<&str>) -> Result
     }
     for domain in hv.running_domains()? {
         let name = domain_name(&domain);
-        if only.is_some_and(|o| o != name) {
-            continue;
-        }
         let uuid = domain.uuid_string().unwrap_or_default();
-        if handled_uuids.contains(&uuid) {
+        if only.is_some_and(|o| o != name) || seen.contains(&uuid) {
             continue;
         }
+        let Some(_lock) = claim(journal, &uuid, held)? else {
+            continue;
+        };
         match recover_live_chain(&domain) {
             Ok(Some(r)) => done.push(r),
             Ok(None) => {}
@@ -67,9 +89,23 @@ pub fn recover(hv: &Hypervisor, journal: &Journal, only: Option<&str>) -> Result
         }
     }
     if !failures.is_empty() {
-        anyhow::bail!("recovery incomplete: {}", failures.join("; "));
+        bail!("recovery incomplete: {}", failures.join("; "));
     }
     Ok(done)
+}
+
+/// The domain's lock: the caller's when it holds it, else a fresh one if free.
+fn claim(journal: &Journal, uuid: &str, held: Option<&DomainLock>) -> Result<Option<Claim>> {
+    if held.is_some_and(|h| h.uuid == uuid) {
+        return Ok(Some(Claim::Held));
+    }
+    Ok(journal.try_lock(uuid)?.map(Claim::Taken))
+}
+
+/// Keeps a taken lock alive for the duration of one domain's recovery.
+enum Claim {
+    Held,
+    Taken(#[allow(dead_code)] DomainLock),
 }
 
 fn recover_entry(hv: &Hypervisor, journal: &Journal, entry: &Entry) -> Result<Recovered> {
@@ -78,52 +114,60 @@ fn recover_entry(hv: &Hypervisor, journal: &Journal, entry: &Entry) -> Result<Re
         merged: Vec::new(),
         removed: Vec::new(),
     };
-    let domain = hv.domain_by_uuid(&entry.uuid);
-    let running = match &domain {
-        Some(d) => is_running(d)?,
-        None => false,
+    let Some(domain) = hv.domain_by_uuid(&entry.uuid)? else {
+        let kept: Vec<String> = entry
+            .disks
+            .iter()
+            .filter(|d| d.temporary.exists())
+            .map(|d| d.temporary.display().to_string())
+            .collect();
+        bail!(
+            "the domain no longer exists; its temporary files are kept ({}): an overlay holds \
+             guest writes newer than its base (merge it with `qemu-img commit`), then delete \
+             the journal entry {}",
+            kept.join(", "),
+            journal.entry_path(&entry.uuid).display()
+        );
     };
-    if let Some(domain) = domain.as_ref().filter(|_| running) {
-        if entry.mode == "push" && ffi::job_progress(domain).is_ok_and(|j| j.running()) {
-            ffi::abort_job(domain).context("cannot abort the leftover backup job")?;
+    let live = domain_xml::disks(&crate::libvirt::domain_xml(&domain)?)?;
+    let on_temporary = |target: &str, temporary: &std::path::Path| {
+        live.iter()
+            .any(|d| d.target == target && d.source.as_deref() == Some(temporary))
+    };
+    if is_running(&domain)? {
+        if entry.mode == "push" && ffi::job_progress(&domain).is_ok_and(|j| j.running()) {
+            // The lock is ours and the recorded backup is dead: the job is its leftover.
+            ffi::abort_job(&domain).context("cannot abort the leftover backup job")?;
         }
-        if entry.mode == "overlay" {
-            let live = domain_xml::disks(&crate::libvirt::domain_xml(domain)?)?;
-            for disk in &entry.disks {
-                let on_overlay = live.iter().any(|d| {
-                    d.target == disk.target && d.source.as_deref() == Some(&disk.temporary)
-                });
-                if on_overlay {
-                    merge_into_base(domain, &disk.target, &disk.base, &NoProgress)?;
-                    report.merged.push(disk.target.clone());
-                }
+        for disk in &entry.disks {
+            if entry.mode == "overlay" && on_temporary(&disk.target, &disk.temporary) {
+                merge_into_base(
+                    &domain,
+                    &disk.target,
+                    &disk.temporary,
+                    &disk.base,
+                    &NoProgress,
+                )?;
+                report.merged.push(disk.target.clone());
             }
         }
-    } else if entry.mode == "overlay" {
-        // Shut off (or gone): its persistent definition must not point at an overlay.
-        if let Some(domain) = &domain {
-            let xml = crate::libvirt::domain_xml(domain)?;
-            let stuck: Vec<String> = domain_xml::disks(&xml)?
-                .into_iter()
-                .filter(|d| {
-                    entry
-                        .disks
-                        .iter()
-                        .any(|e| d.source.as_deref() == Some(&e.temporary))
-                })
-                .map(|d| d.target)
-                .collect();
-            if !stuck.is_empty() {
-                anyhow::bail!(
-                    "the domain is shut off with disks {} on Ferry overlays; start it and run \
-                     `ferry recover` again",
-                    stuck.join(", ")
-                );
-            }
+    } else {
+        let stuck: Vec<&str> = entry
+            .disks
+            .iter()
+            .filter(|d| on_temporary(&d.target, &d.temporary))
+            .map(|d| d.target.as_str())
+            .collect();
+        if !stuck.is_empty() {
+            bail!(
+                "the domain is shut off with disks {} on Ferry overlays; start it and run \
+                 `ferry recover` again",
+                stuck.join(", ")
+            );
         }
     }
     for disk in &entry.disks {
-        if disk.temporary.exists() {
+        if disk.temporary.exists() && is_ferry_temporary(&disk.temporary) {
             remove_temporary(&disk.temporary)?;
             report.removed.push(disk.temporary.clone());
         }
@@ -147,15 +191,10 @@ fn recover_live_chain(domain: &Domain) -> Result<Option<Recovered>> {
         if !source.to_string_lossy().contains(OVERLAY_MARK) {
             continue;
         }
-        merge_into_base(domain, &disk.target, backing, &NoProgress)?;
+        merge_into_base(domain, &disk.target, source, backing, &NoProgress)?;
         remove_temporary(source)?;
         report.merged.push(disk.target.clone());
         report.removed.push(source.clone());
     }
     Ok((!report.merged.is_empty()).then_some(report))
-}
-
-/// Whether a process with this pid runs a `ferry` binary.
-fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "ferry")
 }

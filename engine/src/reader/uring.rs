@@ -61,10 +61,28 @@ impl UringReader {
         out: &ReaderOutput<'_>,
     ) {
         let mut slots: Vec<Option<InFlight>> = (0..self.depth).map(|_| None).collect();
-        if let Err(e) = self.pump(source, options, pool, out, &mut slots) {
-            let _ = out.chunks.send(Err(e));
-        }
+        // Even a panic must not free buffers the kernel may still write: drain, then unwind.
+        let pumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.pump(source, options, pool, out, &mut slots)
+        }));
         self.drain(&mut slots);
+        match pumped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = out.chunks.send(Err(e));
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// `submit_and_wait(1)`, retried when a signal interrupts the wait.
+    fn wait_one(&mut self) -> std::io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => return other.map(drop),
+            }
+        }
     }
 
     fn pump(
@@ -139,9 +157,7 @@ impl UringReader {
                 }
                 continue;
             }
-            self.ring
-                .submit_and_wait(1)
-                .map_err(|e| source.read_error(0, e))?;
+            self.wait_one().map_err(|e| source.read_error(0, e))?;
             let completions: Vec<(usize, i32)> = self
                 .ring
                 .completion()
@@ -270,7 +286,7 @@ impl UringReader {
     /// Waits for every outstanding read so no buffer is freed while the kernel may write it.
     fn drain(&mut self, slots: &mut [Option<InFlight>]) {
         while slots.iter().any(Option::is_some) {
-            if self.ring.submit_and_wait(1).is_err() {
+            if self.wait_one().is_err() {
                 // Cannot wait: leak the buffers rather than free memory the kernel may write.
                 for slot in slots.iter_mut() {
                     if let Some(flight) = slot.take() {

@@ -2,7 +2,7 @@
 # Ferry's test command: `bash scripts/test.sh` from anywhere in a clone. CI runs exactly this
 # (through .ci/run), as root, on a fresh Debian 12 machine.
 #
-# Phases: tools, services (libvirtd + QEMU), fmt, clippy, build, test, fuzz. Each prints a
+# Phases: tools, services (libvirtd + QEMU, s3s-fs), fmt, clippy, build, test, fuzz. Each prints a
 # timing line; the first failure stops the run and names its phase.
 #
 # Environment:
@@ -134,9 +134,10 @@ count_tests() {
 }
 
 # Servers the tests use, installed when missing and started when not running: libvirtd + QEMU
-# (live VM tests).
+# (live VM tests) and s3s-fs (S3 tests start their own instance on 127.0.0.1).
 ensure_services() {
     bash scripts/services/libvirt.sh ensure
+    bash scripts/services/s3.sh ensure
 }
 
 run_fuzz_smoke() {

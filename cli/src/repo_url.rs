@@ -1,5 +1,6 @@
-//! Repository locations: `PATH` or `file://PATH` (a local directory). `s3://` and `nfs://`
-//! are recognised and refused by name until their sinks land.
+//! Repository locations: `PATH` or `file://PATH` (a local directory), `s3://BUCKET[/PREFIX]`
+//! (S3 or an S3-compatible store; endpoint, region and credentials from the AWS environment
+//! variables). `nfs://` is recognised and refused by name until its sink lands.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,11 +8,13 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
+use ferry_sinks::s3::{S3Config, S3Sink};
 
 /// A parsed repository location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoUrl {
     Local(PathBuf),
+    S3 { bucket: String, prefix: String },
 }
 
 impl RepoUrl {
@@ -25,12 +28,33 @@ impl RepoUrl {
             }
             return Ok(RepoUrl::Local(PathBuf::from(path)));
         }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid_bucket {
+                bail!("{url}: {bucket:?} is not a valid S3 bucket name");
+            }
+            let prefix = prefix.trim_matches('/');
+            if !prefix.is_empty() {
+                ferry_sinks::ObjectKey::new(prefix)
+                    .map_err(|e| anyhow::anyhow!("{url}: invalid prefix: {}", e.reason))?;
+            }
+            return Ok(RepoUrl::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
         if let Some((scheme, _)) = url.split_once("://") {
             match scheme {
-                "s3" | "nfs" => bail!(
-                    "{scheme}:// repositories are not supported by this build yet; use a local directory"
+                "nfs" => bail!(
+                    "nfs:// repositories are not supported by this build yet; use a directory or s3://"
                 ),
-                _ => bail!("unknown repository scheme {scheme}:// (use a path or file://PATH)"),
+                _ => bail!(
+                    "unknown repository scheme {scheme}:// (use a path, file://PATH or s3://BUCKET/PREFIX)"
+                ),
             }
         }
         Ok(RepoUrl::Local(PathBuf::from(url)))
@@ -50,6 +74,9 @@ impl RepoUrl {
                 }
                 Ok(Arc::new(LocalSink::open(path)?))
             }
+            RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Sink::open(&S3Config::from_env(
+                bucket, prefix,
+            )?)?)),
         }
     }
 
@@ -69,6 +96,8 @@ impl RepoUrl {
                 }
                 Ok(Arc::new(LocalSink::create(path)?))
             }
+            // Init's put-if-absent of the config refuses a prefix that holds a repository.
+            RepoUrl::S3 { .. } => self.open(),
         }
     }
 }
@@ -92,6 +121,16 @@ mod tests {
             RepoUrl::Local("rel/dir".into())
         );
         assert!(RepoUrl::parse("file://rel").is_err());
+        assert_eq!(
+            RepoUrl::parse("s3://bucket-1/a/b/").unwrap(),
+            RepoUrl::S3 {
+                bucket: "bucket-1".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert!(RepoUrl::parse("s3://B/x").is_err());
+        assert!(RepoUrl::parse("s3://bucket/../x").is_err());
+        assert!(RepoUrl::parse("nfs://h/x").is_err());
         assert!(RepoUrl::parse("ftp://x").is_err());
         assert!(RepoUrl::parse("").is_err());
     }

@@ -216,19 +216,33 @@ fn unknown_disk_is_refused_clearly() {
 }
 
 #[test]
-fn s3_and_unknown_urls_are_refused_by_name() {
+fn nfs_unknown_and_unconfigured_urls_are_refused_by_name() {
     let fx = Fixture::new();
     let image = small_image(&fx);
     let image = image.to_str().unwrap();
     let cases: [&[&str]; 4] = [
-        &["init", "--repo", "s3://bucket/ferry"],
-        &["list", "--repo", "s3://bucket/ferry"],
-        &["verify", "--repo", "s3://bucket/ferry"],
-        &["backup", "--repo", "s3://bucket/ferry", "--image", image],
+        &["init", "--repo", "nfs://host/export/ferry"],
+        &["list", "--repo", "nfs://host/export/ferry"],
+        &["verify", "--repo", "nfs://host/export/ferry"],
+        &[
+            "backup",
+            "--repo",
+            "nfs://host/export/ferry",
+            "--image",
+            image,
+        ],
     ];
     for args in cases {
-        ferry(args).error_line(&["s3://", "not supported"]);
+        ferry(args).error_line(&["nfs://", "not supported"]);
     }
+    // An S3 repository without credentials names the missing variable.
+    let no_keys = [
+        ("AWS_ACCESS_KEY_ID", std::ffi::OsStr::new("")),
+        ("AWS_SECRET_ACCESS_KEY", std::ffi::OsStr::new("")),
+    ];
+    ferry_with_env(&["list", "--repo", "s3://bucket/ferry"], &no_keys)
+        .error_line(&["s3://bucket/ferry", "AWS_ACCESS_KEY_ID"]);
+    ferry(&["list", "--repo", "s3://Not_A_Bucket/x"]).error_line(&["bucket name"]);
     ferry(&["list", "--repo", "ftp://host/x"]).error_line(&["ftp://"]);
     ferry(&["list", "--repo", "file://relative/x"]).error_line(&["absolute"]);
     // file:// with an absolute path is the same repository as the plain path.

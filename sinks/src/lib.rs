@@ -24,6 +24,7 @@ pub mod fault;
 pub mod local;
 pub mod memory;
 pub mod prefixed;
+pub mod s3;
 
 mod key;
 

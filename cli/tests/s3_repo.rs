@@ -1,0 +1,131 @@
+//! End to end against a real S3-compatible server: every command on an `s3://` repository.
+
+mod common;
+#[path = "../../sinks/tests/support/s3_server.rs"]
+mod s3_server;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::{
+    Run, assert_same_file, ferry_with_env, num, random_bytes, text, text_bytes, write_image,
+};
+use s3_server::{S3Server, SECRET_KEY, server};
+
+/// Runs ferry with the server's AWS variables.
+fn s3_ferry(s3: &S3Server, args: &[&str]) -> Run {
+    let env = s3.env();
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    ferry_with_env(args, &env)
+}
+
+#[test]
+fn backup_list_verify_restore_and_dedup_on_s3() {
+    let s3 = server();
+    let bucket = s3.bucket("e2e");
+    let repo = format!("s3://{bucket}/team/vm-backups");
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    let data = [random_bytes(1, 3 << 20), text_bytes(2, 2 << 20)].concat();
+    write_image(&image, 24 << 20, &[(0, &data), (20 << 20, b"tail")]);
+
+    s3_ferry(s3, &["init", "--repo", &repo, "--chunk-size", "1M"]).success();
+    let first = s3_ferry(
+        s3,
+        &[
+            "backup",
+            "--image",
+            image.to_str().unwrap(),
+            "--repo",
+            &repo,
+            "--json",
+        ],
+    )
+    .success()
+    .json();
+    assert!(num(&first, "chunks_new") >= 5);
+    let second = s3_ferry(
+        s3,
+        &[
+            "backup",
+            "--image",
+            image.to_str().unwrap(),
+            "--repo",
+            &repo,
+            "--json",
+        ],
+    )
+    .success()
+    .json();
+    assert_eq!(
+        num(&second, "chunks_new"),
+        0,
+        "an unchanged image writes no chunk"
+    );
+
+    let listed = s3_ferry(s3, &["list", "--repo", &repo, "--json"])
+        .success()
+        .json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2);
+    s3_ferry(s3, &["verify", "--repo", &repo, "--read-data"]).success();
+
+    let target = dir.path().join("restored.img");
+    let sid = text(&second, "snapshot").to_owned();
+    s3_ferry(
+        s3,
+        &[
+            "restore",
+            "--repo",
+            &repo,
+            &sid,
+            "--to",
+            target.to_str().unwrap(),
+        ],
+    )
+    .success();
+    assert_same_file(&image, &target);
+
+    // The objects really are in the bucket, under the prefix.
+    let chunks = s3.root.join(&bucket).join("team/vm-backups/chunks");
+    assert!(chunks.is_dir(), "no chunks under {}", chunks.display());
+}
+
+#[test]
+fn wrong_credentials_and_missing_bucket_are_clear_errors() {
+    let s3 = server();
+    let bucket = s3.bucket("errs");
+    let mut env = s3.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_SECRET_ACCESS_KEY" {
+            *v = "wrong-secret-never-printed".into();
+        }
+    }
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let repo = format!("s3://{bucket}/x");
+    let run = ferry_with_env(&["init", "--repo", &repo], &env);
+    let line = run.error_line(&["access denied"]);
+    assert!(
+        !line.contains("wrong-secret") && !run.stderr.contains(SECRET_KEY),
+        "{run}"
+    );
+
+    let run = s3_ferry(s3, &["list", "--repo", "s3://no-such-bucket/x"]);
+    run.error_line(&["no-such-bucket", "does not exist"]);
+
+    let run = ferry_with_env(
+        &["list", "--repo", &repo],
+        &[("AWS_ACCESS_KEY_ID", OsStr::new(""))],
+    );
+    run.error_line(&["AWS_ACCESS_KEY_ID"]);
+}
+
+#[test]
+fn an_s3_repository_holds_no_local_state() {
+    let s3 = server();
+    let bucket = s3.bucket("nolocal");
+    let repo = format!("s3://{bucket}");
+    s3_ferry(s3, &["init", "--repo", &repo]).success();
+    let again = s3_ferry(s3, &["init", "--repo", &repo]);
+    again.error_line(&["already holds a Ferry repository"]);
+    assert!(Path::new(&s3.root.join(&bucket).join("config")).exists());
+}

@@ -1,0 +1,104 @@
+//! A real S3-compatible server (s3s-fs) on 127.0.0.1 for tests, one per test process.
+//!
+//! `scripts/services/s3.sh ensure` installs the `s3s-fs` binary (the test command runs it);
+//! a test fails, rather than skips, when the binary is missing.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Credentials the test server checks (SigV4); never real secrets.
+pub const ACCESS_KEY: &str = "ferrytestkey";
+pub const SECRET_KEY: &str = "ferry-test-secret-do-not-log-5d1c";
+
+/// A running s3s-fs serving buckets from a temporary directory.
+pub struct S3Server {
+    pub endpoint: String,
+    pub root: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    /// Creates bucket `name` (a directory under the server root) and returns it.
+    pub fn bucket(&self, name: &str) -> String {
+        std::fs::create_dir_all(self.root.join(name)).expect("create bucket directory");
+        name.to_owned()
+    }
+
+    /// The AWS environment variables for this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("S3S_FS") {
+        return path.into();
+    }
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin/s3s-fs"));
+    match cargo_bin {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("s3s-fs"),
+    }
+}
+
+/// The process-wide server, started on first use.
+pub fn server() -> &'static S3Server {
+    static SERVER: OnceLock<S3Server> = OnceLock::new();
+    SERVER.get_or_init(start)
+}
+
+fn start() -> S3Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).expect("server root");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Command::new(binary())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start s3s-fs ({e}); run `bash scripts/services/s3.sh ensure`")
+        });
+    let server = S3Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        root,
+        child,
+        _dir: dir,
+    };
+    // The server is ready when it accepts connections (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "s3s-fs did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}

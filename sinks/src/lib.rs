@@ -110,6 +110,19 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// Checks a ranged read `start..end` of an object of `size` bytes, as every backend must.
+    pub fn check_range(key: &ObjectKey, start: u64, end: u64, size: u64) -> Result<(), SinkError> {
+        if start > end || end > size {
+            return Err(SinkError::InvalidRange {
+                key: key.to_string(),
+                start,
+                end,
+                size,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether retrying the operation may succeed.
     pub fn retry(&self) -> Retry {
         match self {

@@ -215,16 +215,13 @@ impl Sink for LocalSink {
 
     fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
         let (file, size) = self.open_object("get_range", key)?;
-        let invalid = || SinkError::InvalidRange {
+        SinkError::check_range(key, start, end, size)?;
+        let len = usize::try_from(end - start).map_err(|_| SinkError::InvalidRange {
             key: key.to_string(),
             start,
             end,
             size,
-        };
-        if start > end || end > size {
-            return Err(invalid());
-        }
-        let len = usize::try_from(end - start).map_err(|_| invalid())?;
+        })?;
         let mut data = vec![0; len];
         file.read_exact_at(&mut data, start)
             .map_err(|err| self.read_error("get_range", key, err))?;

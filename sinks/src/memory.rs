@@ -71,15 +71,7 @@ impl Sink for MemorySink {
 
     fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
         let data = self.stored(key)?.data;
-        let size = data.len() as u64;
-        if start > end || end > size {
-            return Err(SinkError::InvalidRange {
-                key: key.to_string(),
-                start,
-                end,
-                size,
-            });
-        }
+        SinkError::check_range(key, start, end, data.len() as u64)?;
         // Both bounds are at most `data.len()`, so they fit in usize.
         Ok(data[start as usize..end as usize].to_vec())
     }

@@ -282,15 +282,7 @@ impl Sink for S3Sink {
     }
 
     fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
-        let size = self.head(key)?.size;
-        if start > end || end > size {
-            return Err(SinkError::InvalidRange {
-                key: key.to_string(),
-                start,
-                end,
-                size,
-            });
-        }
+        SinkError::check_range(key, start, end, self.head(key)?.size)?;
         if start == end {
             return Ok(Vec::new());
         }

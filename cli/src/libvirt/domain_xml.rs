@@ -67,6 +67,30 @@ pub fn has_agent_channel(xml: &str) -> bool {
     })
 }
 
+/// `<{root}><disks>…</disks></{root}>` naming every `device='disk'` of the domain: the element
+/// `chosen` returns for a selected disk, `<disk name='T' {skip}/>` for the others (so libvirt
+/// never applies a default to a disk Ferry did not mean to touch).
+pub fn per_disk_xml(
+    root: &str,
+    all_disks: &[DiskDef],
+    skip: &str,
+    chosen: impl Fn(&DiskDef) -> Option<String>,
+) -> String {
+    let mut xml = format!("<{root}><disks>");
+    for disk in all_disks.iter().filter(|d| d.device == "disk") {
+        match chosen(disk) {
+            Some(element) => xml.push_str(&element),
+            None => xml.push_str(&format!(
+                "<disk name='{}' {skip}/>",
+                escape_attr(&disk.target)
+            )),
+        }
+    }
+    let name = root.split_whitespace().next().unwrap_or(root);
+    xml.push_str(&format!("</disks></{name}>"));
+    xml
+}
+
 /// Escapes text for an XML attribute value.
 pub fn escape_attr(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

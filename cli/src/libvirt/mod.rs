@@ -206,7 +206,7 @@ pub fn temporary_path(base: &Path, dir: Option<&Path>, mark: &str, ext: &str) ->
     let path = dir.join(format!(
         "{}{mark}{}-{:08x}.{ext}",
         name.to_string_lossy(),
-        ferry_engine_unix_now(),
+        unix_now(),
         rand::random::<u32>()
     ));
     if path.exists() {
@@ -215,7 +215,8 @@ pub fn temporary_path(base: &Path, dir: Option<&Path>, mark: &str, ext: &str) ->
     Ok(path)
 }
 
-fn ferry_engine_unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

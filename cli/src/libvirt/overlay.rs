@@ -89,7 +89,7 @@ pub fn freeze(
         mode: "overlay".into(),
         pid: std::process::id(),
         connect: connect.to_owned(),
-        started_unix: unix_now(),
+        started_unix: crate::libvirt::unix_now(),
         disks: frozen
             .iter()
             .map(|f| EntryDisk {
@@ -193,28 +193,15 @@ fn is_agent_error(e: &ffi::LibvirtError) -> bool {
 
 /// The disk-only snapshot: an external overlay for each frozen disk, none for the others.
 fn snapshot_xml(all_disks: &[DiskDef], frozen: &[Frozen]) -> String {
-    let mut xml = String::from("<domainsnapshot><disks>");
-    for disk in all_disks.iter().filter(|d| d.device == "disk") {
-        match frozen.iter().find(|f| f.target == disk.target) {
-            Some(f) => xml.push_str(&format!(
+    domain_xml::per_disk_xml("domainsnapshot", all_disks, "snapshot='no'", |disk| {
+        frozen.iter().find(|f| f.target == disk.target).map(|f| {
+            format!(
                 "<disk name='{}' snapshot='external'><driver type='qcow2'/><source file='{}'/></disk>",
                 escape_attr(&f.target),
                 escape_attr(&f.overlay.to_string_lossy())
-            )),
-            None => xml.push_str(&format!(
-                "<disk name='{}' snapshot='no'/>",
-                escape_attr(&disk.target)
-            )),
-        }
-    }
-    xml.push_str("</disks></domainsnapshot>");
-    xml
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+            )
+        })
+    })
 }
 
 #[cfg(test)]

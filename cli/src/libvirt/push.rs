@@ -14,7 +14,7 @@ use ferry_engine::Progress;
 use virt::domain::Domain;
 
 use crate::libvirt::chain::remove_temporary;
-use crate::libvirt::domain_xml::{DiskDef, escape_attr};
+use crate::libvirt::domain_xml::{DiskDef, escape_attr, per_disk_xml};
 use crate::libvirt::ffi::{self, JobEnd};
 use crate::libvirt::journal::{Entry, EntryDisk, Journal};
 use crate::libvirt::overlay::DomainTarget;
@@ -67,9 +67,7 @@ pub fn begin(
         mode: "push".into(),
         pid: std::process::id(),
         connect: connect.to_owned(),
-        started_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        started_unix: crate::libvirt::unix_now(),
         disks: scratches
             .iter()
             .map(|s| EntryDisk {
@@ -130,12 +128,23 @@ pub fn wait(domain: &Domain, cancel: &Receiver<()>, progress: &dyn Progress) -> 
 /// Aborts the job (ours: [`begin`] started it under the domain lock) if it still runs,
 /// deletes the scratch files and clears the journal.
 pub fn end(domain: &Domain, scratches: &[Scratch], journal: &Journal) -> Result<()> {
-    if ffi::job_progress(domain).is_ok_and(|j| j.running()) {
-        ffi::abort_job(domain).context("cannot abort the backup job")?;
-    }
+    abort_if_running(domain)?;
     remove_scratches(scratches)?;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     journal.clear(&uuid)
+}
+
+/// Aborts the domain's job if one runs. The job may finish between the check and the abort:
+/// only a job still running after a failed abort is an error.
+pub fn abort_if_running(domain: &Domain) -> Result<()> {
+    let running = || ffi::job_progress(domain).is_ok_and(|j| j.running());
+    if running()
+        && let Err(e) = ffi::abort_job(domain)
+        && running()
+    {
+        return Err(anyhow::Error::new(e).context("cannot abort the backup job"));
+    }
+    Ok(())
 }
 
 fn remove_scratches(scratches: &[Scratch]) -> Result<()> {
@@ -195,20 +204,18 @@ fn check_free_space(scratches: &[Scratch]) -> Result<()> {
 
 /// The push backup description: a raw scratch target for each selected disk, none for others.
 fn backup_xml(all_disks: &[DiskDef], scratches: &[Scratch]) -> String {
-    let mut xml = String::from("<domainbackup mode='push'><disks>");
-    for disk in all_disks.iter().filter(|d| d.device == "disk") {
-        match scratches.iter().find(|s| s.target == disk.target) {
-            Some(s) => xml.push_str(&format!(
+    per_disk_xml(
+        "domainbackup mode='push'",
+        all_disks,
+        "backup='no'",
+        |disk| {
+            scratches.iter().find(|s| s.target == disk.target).map(|s| {
+            format!(
                 "<disk name='{}' backup='yes' type='file'><target file='{}'/><driver type='raw'/></disk>",
                 escape_attr(&s.target),
                 escape_attr(&s.scratch.to_string_lossy())
-            )),
-            None => xml.push_str(&format!(
-                "<disk name='{}' backup='no'/>",
-                escape_attr(&disk.target)
-            )),
-        }
-    }
-    xml.push_str("</disks></domainbackup>");
-    xml
+            )
+        })
+        },
+    )
 }

@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use ferry_engine::NoProgress;
 use serde::Serialize;
 use virt::domain::Domain;
@@ -17,7 +17,7 @@ use virt::domain::Domain;
 use crate::libvirt::chain::{merge_into_base, remove_temporary};
 use crate::libvirt::journal::{DomainLock, Entry, Journal};
 use crate::libvirt::{
-    Hypervisor, OVERLAY_MARK, domain_name, domain_xml, ffi, is_ferry_temporary, is_running,
+    Hypervisor, OVERLAY_MARK, domain_name, domain_xml, is_ferry_temporary, is_running,
 };
 
 /// What recovery did for one domain.
@@ -135,9 +135,9 @@ fn recover_entry(hv: &Hypervisor, journal: &Journal, entry: &Entry) -> Result<Re
             .any(|d| d.target == target && d.source.as_deref() == Some(temporary))
     };
     if is_running(&domain)? {
-        if entry.mode == "push" && ffi::job_progress(&domain).is_ok_and(|j| j.running()) {
-            // The lock is ours and the recorded backup is dead: the job is its leftover.
-            ffi::abort_job(&domain).context("cannot abort the leftover backup job")?;
+        if entry.mode == "push" {
+            // The lock is ours and the recorded backup is dead: a running job is its leftover.
+            crate::libvirt::push::abort_if_running(&domain)?;
         }
         for disk in &entry.disks {
             if entry.mode == "overlay" && on_temporary(&disk.target, &disk.temporary) {

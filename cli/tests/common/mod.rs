@@ -37,6 +37,23 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result of `ferry ARGS` that produced `output`.
+    pub fn of<S: AsRef<OsStr>>(args: &[S], output: &std::process::Output) -> Run {
+        let cmdline = std::iter::once("ferry".to_owned())
+            .chain(
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy().into_owned()),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
+        Run {
+            cmdline,
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// Asserts exit status 0 and returns the run.
     #[track_caller]
     pub fn success(self) -> Run {
@@ -108,19 +125,7 @@ pub fn ferry_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Ru
         cmd.env(key, value);
     }
     let output = cmd.output().expect("run the ferry binary");
-    let cmdline = std::iter::once("ferry".to_owned())
-        .chain(
-            args.iter()
-                .map(|a| a.as_ref().to_string_lossy().into_owned()),
-        )
-        .collect::<Vec<_>>()
-        .join(" ");
-    let run = Run {
-        cmdline,
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let run = Run::of(args, &output);
     assert!(
         output.status.code().is_some(),
         "ferry was killed by a signal ({:?})\n{run}",

@@ -885,19 +885,7 @@ impl Live {
         let output = child.wait_with_output().expect("wait for ferry");
         let _ = done.send(());
         let expired = watchdog.join().expect("the watchdog thread");
-        let cmdline = std::iter::once("ferry".to_owned())
-            .chain(
-                args.iter()
-                    .map(|a| a.as_ref().to_string_lossy().into_owned()),
-            )
-            .collect::<Vec<_>>()
-            .join(" ");
-        let run = Run {
-            cmdline,
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
+        let run = Run::of(args, &output);
         assert!(
             !expired,
             "ferry did not finish within {} s and was killed\n{run}",

@@ -40,6 +40,22 @@ pub struct DomainTarget<'a> {
     pub journal: &'a Journal,
 }
 
+impl DomainTarget<'_> {
+    /// Records durably, before anything changes, what the backup is about to change (`mode`
+    /// `overlay` or `push`), under the domain's `uuid`.
+    pub fn record(&self, uuid: &str, mode: &str, disks: Vec<EntryDisk>) -> Result<()> {
+        self.journal.write(&Entry {
+            domain: self.name.to_owned(),
+            uuid: uuid.to_owned(),
+            mode: mode.to_owned(),
+            pid: std::process::id(),
+            connect: self.connect.to_owned(),
+            started_unix: crate::libvirt::unix_now(),
+            disks,
+        })
+    }
+}
+
 /// A disk frozen behind an overlay.
 #[derive(Debug, Clone)]
 pub struct Frozen {
@@ -58,10 +74,7 @@ pub fn freeze(
     quiesce: Quiesce,
 ) -> Result<Vec<Frozen>> {
     let DomainTarget {
-        domain,
-        name: domain_name,
-        connect,
-        journal,
+        domain, journal, ..
     } = *target;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     for disk in disks {
@@ -83,14 +96,10 @@ pub fn freeze(
             overlay,
         });
     }
-    journal.write(&Entry {
-        domain: domain_name.to_owned(),
-        uuid: uuid.clone(),
-        mode: "overlay".into(),
-        pid: std::process::id(),
-        connect: connect.to_owned(),
-        started_unix: crate::libvirt::unix_now(),
-        disks: frozen
+    target.record(
+        &uuid,
+        "overlay",
+        frozen
             .iter()
             .map(|f| EntryDisk {
                 target: f.target.clone(),
@@ -98,7 +107,7 @@ pub fn freeze(
                 temporary: f.overlay.clone(),
             })
             .collect(),
-    })?;
+    )?;
     let snapshot_xml = snapshot_xml(all_disks, &frozen);
     let xml = crate::libvirt::domain_xml(domain)?;
     let result = match quiesce {

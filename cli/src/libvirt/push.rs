@@ -16,7 +16,7 @@ use virt::domain::Domain;
 use crate::libvirt::chain::remove_temporary;
 use crate::libvirt::domain_xml::{DiskDef, escape_attr, per_disk_xml};
 use crate::libvirt::ffi::{self, JobEnd};
-use crate::libvirt::journal::{Entry, EntryDisk, Journal};
+use crate::libvirt::journal::{EntryDisk, Journal};
 use crate::libvirt::overlay::DomainTarget;
 use crate::libvirt::{SCRATCH_MARK, temporary_path};
 
@@ -40,10 +40,7 @@ pub fn begin(
     scratch_dir: Option<&Path>,
 ) -> Result<Vec<Scratch>> {
     let DomainTarget {
-        domain,
-        name: domain_name,
-        connect,
-        journal,
+        domain, journal, ..
     } = *target;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
     let mut scratches = Vec::new();
@@ -61,14 +58,10 @@ pub fn begin(
         });
     }
     check_free_space(&scratches)?;
-    journal.write(&Entry {
-        domain: domain_name.to_owned(),
-        uuid: uuid.clone(),
-        mode: "push".into(),
-        pid: std::process::id(),
-        connect: connect.to_owned(),
-        started_unix: crate::libvirt::unix_now(),
-        disks: scratches
+    target.record(
+        &uuid,
+        "push",
+        scratches
             .iter()
             .map(|s| EntryDisk {
                 target: s.target.clone(),
@@ -76,7 +69,7 @@ pub fn begin(
                 temporary: s.scratch.clone(),
             })
             .collect(),
-    })?;
+    )?;
     if let Err(e) = ffi::backup_begin(domain, &backup_xml(all_disks, &scratches)) {
         // No job of ours runs (another job may: it is not ours to abort).
         remove_scratches(&scratches)?;

@@ -2,8 +2,8 @@
 # Ferry's test command: `bash scripts/test.sh` from anywhere in a clone. CI runs exactly this
 # (through .ci/run), as root, on a fresh Debian 12 machine.
 #
-# Phases: tools, services (libvirtd + QEMU, s3s-fs), fmt, clippy, build, test, fuzz. Each prints a
-# timing line; the first failure stops the run and names its phase.
+# Phases: tools, services (libvirtd + QEMU, nfs-ganesha, s3s-fs), fmt, clippy, build, test, fuzz.
+# Each prints a timing line; the first failure stops the run and names its phase.
 #
 # Environment:
 #   FERRY_SKIP_FUZZ=1     skip the fuzz smoke run (quick local loops; CI always fuzzes)
@@ -134,9 +134,11 @@ count_tests() {
 }
 
 # Servers the tests use, installed when missing and started when not running: libvirtd + QEMU
-# (live VM tests) and s3s-fs (S3 tests start their own instance on 127.0.0.1).
+# (live VM tests), s3s-fs (S3 tests start their own instance on 127.0.0.1) and nfs-ganesha with
+# rpcbind (NFS tests share one server on 127.0.0.1).
 ensure_services() {
     bash scripts/services/libvirt.sh ensure
+    bash scripts/services/nfs.sh ensure
     bash scripts/services/s3.sh ensure
 }
 

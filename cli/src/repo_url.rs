@@ -1,6 +1,7 @@
 //! Repository locations: `PATH` or `file://PATH` (a local directory), `s3://BUCKET[/PREFIX]`
 //! (S3 or an S3-compatible store; endpoint, region and credentials from the AWS environment
-//! variables). `nfs://` is recognised and refused by name until its sink lands.
+//! variables), `nfs://HOST[:PORT]/PATH` (a directory on an NFS export, over NFSv3 from user
+//! space; `PATH` is the export's path followed by the directory inside it).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use anyhow::{Result, bail};
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
+use ferry_sinks::nfs::{NfsConfig, NfsSink};
 use ferry_sinks::s3::{S3Config, S3Sink};
 
 /// A parsed repository location.
@@ -15,6 +17,7 @@ use ferry_sinks::s3::{S3Config, S3Sink};
 pub enum RepoUrl {
     Local(PathBuf),
     S3 { bucket: String, prefix: String },
+    Nfs(NfsConfig),
 }
 
 impl RepoUrl {
@@ -47,15 +50,13 @@ impl RepoUrl {
                 prefix: prefix.to_owned(),
             });
         }
+        if let Some(rest) = url.strip_prefix("nfs://") {
+            return parse_nfs(url, rest).map(RepoUrl::Nfs);
+        }
         if let Some((scheme, _)) = url.split_once("://") {
-            match scheme {
-                "nfs" => bail!(
-                    "nfs:// repositories are not supported by this build yet; use a directory or s3://"
-                ),
-                _ => bail!(
-                    "unknown repository scheme {scheme}:// (use a path, file://PATH or s3://BUCKET/PREFIX)"
-                ),
-            }
+            bail!(
+                "unknown repository scheme {scheme}:// (use a path, file://PATH, s3://BUCKET/PREFIX or nfs://HOST/PATH)"
+            );
         }
         Ok(RepoUrl::Local(PathBuf::from(url)))
     }
@@ -77,6 +78,7 @@ impl RepoUrl {
             RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Sink::open(&S3Config::from_env(
                 bucket, prefix,
             )?)?)),
+            RepoUrl::Nfs(config) => Ok(Arc::new(NfsSink::open(config)?)),
         }
     }
 
@@ -98,8 +100,49 @@ impl RepoUrl {
             }
             // Init's put-if-absent of the config refuses a prefix that holds a repository.
             RepoUrl::S3 { .. } => self.open(),
+            RepoUrl::Nfs(config) => Ok(Arc::new(NfsSink::create(config)?)),
         }
     }
+}
+
+/// `HOST[:PORT]/PATH` of an `nfs://` URL: a host name or IPv4 address, an optional NFS port
+/// (default: ask the portmapper), and an absolute path of plain segments.
+fn parse_nfs(url: &str, rest: &str) -> Result<NfsConfig> {
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => {
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| anyhow::anyhow!("{url}: {port:?} is not a port number"))?;
+            (host, Some(port))
+        }
+        None => (authority, None),
+    };
+    let valid_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid_host {
+        bail!("{url}: {host:?} is not a host name or IPv4 address");
+    }
+    let path: Vec<String> = path
+        .trim_end_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    if path
+        .iter()
+        .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('\0'))
+    {
+        bail!("{url}: the path must be /EXPORT[/DIR...] without empty, '.' or '..' segments");
+    }
+    Ok(NfsConfig {
+        host: host.to_owned(),
+        port,
+        path,
+    })
 }
 
 #[cfg(test)]
@@ -130,7 +173,34 @@ mod tests {
         );
         assert!(RepoUrl::parse("s3://B/x").is_err());
         assert!(RepoUrl::parse("s3://bucket/../x").is_err());
-        assert!(RepoUrl::parse("nfs://h/x").is_err());
+        assert_eq!(
+            RepoUrl::parse("nfs://filer.lan:2049/srv/nfs/backups/").unwrap(),
+            RepoUrl::Nfs(NfsConfig {
+                host: "filer.lan".into(),
+                port: Some(2049),
+                path: vec!["srv".into(), "nfs".into(), "backups".into()],
+            })
+        );
+        assert_eq!(
+            RepoUrl::parse("nfs://10.0.0.5/export").unwrap(),
+            RepoUrl::Nfs(NfsConfig {
+                host: "10.0.0.5".into(),
+                port: None,
+                path: vec!["export".into()],
+            })
+        );
+        for bad in [
+            "nfs://",
+            "nfs://host",
+            "nfs://host/",
+            "nfs://host:0/x",
+            "nfs://host:nfs/x",
+            "nfs://ho st/x",
+            "nfs://host/a//b",
+            "nfs://host/a/../b",
+        ] {
+            assert!(RepoUrl::parse(bad).is_err(), "{bad} accepted");
+        }
         assert!(RepoUrl::parse("ftp://x").is_err());
         assert!(RepoUrl::parse("").is_err());
     }

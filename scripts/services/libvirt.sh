@@ -285,7 +285,7 @@ configure_qemu_conf() {
 
 start_virtlogd() {
     daemon_pid virtlogd "$VIRTLOGD_PID" >/dev/null && return 0
-    virtlogd -d
+    virtlogd -d 9>&-  # the ensure lock (fd 9) must not outlive this script
     local i
     for ((i = 0; i < 50; i++)); do
         daemon_pid virtlogd "$VIRTLOGD_PID" >/dev/null 2>&1 && return 0
@@ -298,7 +298,7 @@ start_libvirtd() {
     daemon_pid libvirtd "$LIBVIRTD_PID" >/dev/null && return 0
     mkdir -p "$(dirname "$LIBVIRTD_LOG")"
     # Without systemd/journald the daemon logs nowhere useful unless told.
-    LIBVIRT_LOG_OUTPUTS="3:file:$LIBVIRTD_LOG" libvirtd -d
+    LIBVIRT_LOG_OUTPUTS="3:file:$LIBVIRTD_LOG" libvirtd -d 9>&-
 }
 
 wait_for_virsh() {

@@ -3,10 +3,12 @@
 //!
 //! - [`FailAfter`]: the first N mutating operations succeed, every later one fails.
 //! - [`FlipBitOnRead`]: reads return the stored data with one bit flipped.
+//! - [`StallPuts`]: puts block until the test opens a gate; counts puts in flight.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
 
@@ -175,6 +177,143 @@ impl Sink for FlipBitOnRead {
     }
 }
 
+/// Holds every put at a gate until [`open`](StallPuts::open) is called, and counts the puts in
+/// flight (entered, not yet returned), so a test can freeze a writer mid-upload, observe how
+/// many writes it keeps outstanding, and then let it finish. Reads, `head`, `list` and `delete`
+/// pass through untouched, also while the gate is closed.
+///
+/// Contract:
+/// - The gate starts closed and, once opened, stays open: `open` releases every blocked put and
+///   every later put goes straight to the inner sink.
+/// - A put blocked at the gate has not reached the inner sink: while the gate is closed the
+///   inner sink receives no put from this decorator.
+/// - A put counts as in flight from its entry until it returns (including its time in the
+///   inner sink, and even if the inner sink panics); [`max_in_flight`](StallPuts::max_in_flight)
+///   is the largest count ever observed, updated on entry under the same lock, so it is exact.
+/// - Waiting is on a condition variable with a deadline, never a sleep: tests built on
+///   [`wait_for_in_flight`](StallPuts::wait_for_in_flight) are deterministic, and the timeout
+///   only bounds how long a broken caller makes them hang.
+#[derive(Debug)]
+pub struct StallPuts {
+    inner: Arc<dyn Sink>,
+    state: Mutex<StallState>,
+    /// Signalled when the gate opens.
+    opened: Condvar,
+    /// Signalled when a put enters.
+    entered: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct StallState {
+    open: bool,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+impl StallPuts {
+    /// Wraps `inner` with the gate closed.
+    pub fn new(inner: Arc<dyn Sink>) -> Self {
+        StallPuts {
+            inner,
+            state: Mutex::new(StallState::default()),
+            opened: Condvar::new(),
+            entered: Condvar::new(),
+        }
+    }
+
+    /// Blocks until at least `n` puts are in flight (while the gate is closed: blocked at it) or
+    /// `timeout` passes; returns whether the count was reached.
+    pub fn wait_for_in_flight(&self, n: usize, timeout: Duration) -> bool {
+        let (state, _) = self
+            .entered
+            .wait_timeout_while(self.state(), timeout, |s| s.in_flight < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.in_flight >= n
+    }
+
+    /// Opens the gate for good: releases every blocked put and lets every later one through.
+    pub fn open(&self) {
+        self.state().open = true;
+        self.opened.notify_all();
+    }
+
+    /// Puts entered and not yet returned.
+    pub fn in_flight(&self) -> usize {
+        self.state().in_flight
+    }
+
+    /// The most puts ever in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state().max_in_flight
+    }
+
+    /// The counters are only changed under the lock, each by one statement, so a poisoned
+    /// lock (a panicking test thread) still holds consistent values.
+    fn state(&self) -> MutexGuard<'_, StallState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One put in flight at a [`StallPuts`]: counted on creation, uncounted on drop, so a panic in
+/// the inner sink does not leave the count too high.
+struct InFlight<'a>(&'a StallPuts);
+
+impl<'a> InFlight<'a> {
+    /// Counts a put in, then waits for the gate.
+    fn enter(stall: &'a StallPuts) -> Self {
+        let mut state = stall.state();
+        state.in_flight += 1;
+        state.max_in_flight = state.max_in_flight.max(state.in_flight);
+        stall.entered.notify_all();
+        let guard = InFlight(stall);
+        drop(
+            stall
+                .opened
+                .wait_while(state, |s| !s.open)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        guard
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.state().in_flight -= 1;
+    }
+}
+
+impl Sink for StallPuts {
+    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
+        let _in_flight = InFlight::enter(self);
+        // Outside the lock: released puts reach the inner sink concurrently.
+        self.inner.put(key, data, mode)
+    }
+
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
+        self.inner.get(key)
+    }
+
+    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
+        self.inner.get_range(key, start, end)
+    }
+
+    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
+        self.inner.head(key)
+    }
+
+    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
+        self.inner.delete(key)
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +385,80 @@ mod tests {
         let sink = FlipBitOnRead::all(inner, 3, 0);
         assert_eq!(sink.get(&key("a")).unwrap(), b"abc");
         assert_eq!(sink.get(&key("empty")).unwrap(), b"");
+    }
+
+    /// Long enough never to expire on a loaded machine; only a broken decorator waits it out.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn stall_holds_puts_until_open_and_counts_them() {
+        let inner = Arc::new(MemorySink::new());
+        inner.put(&key("before"), b"x", PutMode::Create).unwrap();
+        let sink = StallPuts::new(inner.clone());
+        std::thread::scope(|scope| {
+            let puts: Vec<_> = (0..3)
+                .map(|i| {
+                    let sink = &sink;
+                    scope
+                        .spawn(move || sink.put(&key(&format!("p/{i}")), &[i; 10], PutMode::Create))
+                })
+                .collect();
+            assert!(sink.wait_for_in_flight(3, PATIENCE), "{sink:?}");
+            assert_eq!(sink.in_flight(), 3);
+            assert_eq!(
+                inner.list("p/").unwrap().count(),
+                0,
+                "a stalled put reached the inner sink"
+            );
+            // Everything but put passes through while the gate is closed.
+            assert_eq!(sink.get(&key("before")).unwrap(), b"x");
+            assert_eq!(sink.get_range(&key("before"), 0, 1).unwrap(), b"x");
+            assert_eq!(sink.head(&key("before")).unwrap().size, 1);
+            assert_eq!(sink.list("").unwrap().count(), 1);
+            sink.delete(&key("before")).unwrap();
+            assert!(inner.head(&key("before")).is_err());
+
+            sink.open();
+            for put in puts {
+                assert_eq!(put.join().unwrap().unwrap(), PutOutcome::Written);
+            }
+        });
+        for i in 0..3u8 {
+            assert_eq!(inner.get(&key(&format!("p/{i}"))).unwrap(), [i; 10]);
+        }
+        assert_eq!(sink.in_flight(), 0);
+        assert_eq!(sink.max_in_flight(), 3);
+
+        // Open for good: a later put goes straight through and is counted.
+        sink.put(&key("after"), b"y", PutMode::Create).unwrap();
+        assert_eq!(inner.get(&key("after")).unwrap(), b"y");
+        assert_eq!(sink.max_in_flight(), 3);
+        assert_eq!(sink.in_flight(), 0);
+    }
+
+    #[test]
+    fn stall_wait_reports_an_unreached_count() {
+        let sink = StallPuts::new(Arc::new(MemorySink::new()));
+        assert!(sink.wait_for_in_flight(0, Duration::ZERO));
+        // No put was ever started, so the count cannot be reached, however long the wait.
+        assert!(!sink.wait_for_in_flight(1, Duration::from_millis(1)));
+        assert_eq!(sink.max_in_flight(), 0);
+    }
+
+    #[test]
+    fn stall_opened_before_any_put_never_blocks() {
+        let inner = Arc::new(MemorySink::new());
+        let sink = StallPuts::new(inner.clone());
+        sink.open();
+        assert_eq!(
+            sink.put(&key("a"), b"1", PutMode::Create).unwrap(),
+            PutOutcome::Written
+        );
+        assert_eq!(
+            sink.put(&key("a"), b"2", PutMode::Create).unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        assert_eq!(inner.get(&key("a")).unwrap(), b"1");
+        assert_eq!(sink.max_in_flight(), 1);
     }
 }

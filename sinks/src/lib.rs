@@ -7,11 +7,14 @@
 //!
 //! Backends, one module each:
 //! - [`local`]: a directory on a local (or locally mounted) filesystem.
+//! - [`s3`]: a bucket of S3 or an S3-compatible store, through `object_store`.
+//! - [`nfs`]: a directory on an NFS export, spoken to over NFSv3 from user space.
 //! - [`memory`]: a process-local map, for unit tests and benchmarks of the layers above.
 //!
 //! Decorators, one module each, wrap any sink:
 //! - [`prefixed`]: confines a sink to a sub-prefix (benchmarks write into a throwaway prefix).
-//! - [`fault`]: injects failures (fail after N operations, flip a bit on read) for engine tests.
+//! - [`fault`]: injects failures (fail after N operations, flip a bit on read, stall puts at a
+//!   gate) for engine tests.
 //!
 //! [`conformance`] holds the one test suite every backend must pass.
 //!
@@ -23,6 +26,7 @@ pub mod conformance;
 pub mod fault;
 pub mod local;
 pub mod memory;
+pub mod nfs;
 pub mod prefixed;
 pub mod s3;
 

@@ -32,8 +32,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let (sink, cleanup_dir): (Arc<dyn Sink>, Option<PathBuf>) = match &args.repo {
         None => (Arc::new(LocalSink::create(scratch.join("repo"))?), None),
         Some(url) => match RepoUrl::parse(url)? {
-            RepoUrl::S3 { .. } => {
-                let sink = RepoUrl::parse(url)?.open()?;
+            // Object stores and filers: a throwaway prefix of the repository.
+            repo @ (RepoUrl::S3 { .. } | RepoUrl::Nfs(_)) => {
+                let sink = repo.open()?;
                 let prefix = format!("ferry-bench-{:08x}", rand::random::<u32>());
                 let prefixed = ferry_sinks::prefixed::Prefixed::new(sink, &prefix)?;
                 (Arc::new(prefixed), None)

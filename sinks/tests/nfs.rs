@@ -1,0 +1,177 @@
+//! The NFS sink against a real NFS server (nfs-ganesha, NFSv3 over TCP on 127.0.0.1).
+
+#[path = "support/nfs_server.rs"]
+#[allow(dead_code)]
+mod nfs_server;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use ferry_sinks::nfs::{NfsConfig, NfsSink};
+use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError, conformance};
+use nfs_server::{Scratch, config_of, nfs_root};
+
+fn key(s: &str) -> ObjectKey {
+    ObjectKey::new(s).unwrap()
+}
+
+#[test]
+fn conformance_on_an_export() {
+    let scratch = Scratch::new("conformance");
+    let sink = NfsSink::create(&scratch.config()).unwrap();
+    conformance::run_all(&sink);
+}
+
+#[test]
+fn create_makes_private_directories_and_files() {
+    let scratch = Scratch::new("modes");
+    let mut config = scratch.config();
+    config.path.extend(["deeper".to_owned(), "repo".to_owned()]);
+    let sink = NfsSink::create(&config).unwrap();
+    sink.put(&key("chunks/ab/obj"), b"data", PutMode::Create)
+        .unwrap();
+    let repo = scratch.local.join("deeper/repo");
+    for dir in [
+        scratch.local.clone(),
+        repo.clone(),
+        repo.join("chunks"),
+        repo.join("chunks/ab"),
+    ] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    let file = std::fs::metadata(repo.join("chunks/ab/obj")).unwrap();
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    assert_eq!(file.nlink(), 1, "the temp name was not removed");
+    assert_eq!(std::fs::read(repo.join("chunks/ab/obj")).unwrap(), b"data");
+    assert!(
+        sink.location().starts_with("nfs://127.0.0.1/"),
+        "{}",
+        sink.location()
+    );
+}
+
+#[test]
+fn open_of_a_missing_directory_names_it() {
+    let scratch = Scratch::new("missing");
+    let err = NfsSink::open(&scratch.config()).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Location { reason, .. } if reason.contains("does not exist")),
+        "{err}"
+    );
+    assert!(!scratch.local.exists(), "open created the directory");
+}
+
+#[test]
+fn a_path_outside_every_export_is_named() {
+    nfs_server::ensure_server();
+    let config = config_of("nfs://127.0.0.1/no/such/export/repo");
+    let err = NfsSink::open(&config).unwrap_err();
+    let shown = err.to_string();
+    assert!(matches!(err, SinkError::Location { .. }), "{shown}");
+    assert!(
+        shown
+            .contains("no export of 127.0.0.1 that this host may mount holds /no/such/export/repo"),
+        "{shown}"
+    );
+    // The message lists what the server does export.
+    let export = nfs_root().join("export");
+    assert!(shown.contains(export.to_str().unwrap()), "{shown}");
+}
+
+/// The server maps every user of the `squashed` export to nobody, who may not write into the
+/// root-owned 0700 directory `private`: puts and listings are refused by name.
+#[test]
+fn credentials_the_server_does_not_accept_are_access_denied() {
+    nfs_server::ensure_server();
+    let url = format!(
+        "nfs://127.0.0.1{}/private",
+        nfs_root().join("squashed").display()
+    );
+    let sink = NfsSink::open(&config_of(&url)).unwrap();
+    let err = sink.put(&key("obj"), b"x", PutMode::Create).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::AccessDenied { reason, .. } if reason.contains("permission denied")),
+        "{err}"
+    );
+    let err = sink
+        .list("")
+        .unwrap()
+        .find_map(Result::err)
+        .expect("list refused");
+    assert!(matches!(err, SinkError::AccessDenied { .. }), "{err}");
+}
+
+#[test]
+fn a_read_only_export_refuses_puts_by_name() {
+    nfs_server::ensure_server();
+    let url = format!("nfs://127.0.0.1{}", nfs_root().join("readonly").display());
+    let sink = NfsSink::open(&config_of(&url)).unwrap();
+    let err = sink.put(&key("obj"), b"x", PutMode::Create).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::AccessDenied { reason, .. } if reason.contains("read-only")),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_server_on_a_host_is_a_location_error() {
+    // 127.0.0.2 is loopback too, but the test server binds 127.0.0.1 only.
+    let config = NfsConfig {
+        host: "127.0.0.2".into(),
+        port: None,
+        path: vec!["export".into()],
+    };
+    let err = NfsSink::open(&config).unwrap_err();
+    // rpcbind listens on every address, so it answers; the MOUNT service (127.0.0.1 only)
+    // does not.
+    assert!(
+        matches!(&err, SinkError::Location { reason, .. }
+            if reason.contains("127.0.0.2") && reason.contains("does not answer")),
+        "{err}"
+    );
+}
+
+/// What a crash between CREATE of the temp file and its LINK leaves: invisible to get and list,
+/// and the key stays free.
+#[test]
+fn an_interrupted_put_leaves_nothing_visible() {
+    let scratch = Scratch::new("interrupted");
+    let sink = NfsSink::create(&scratch.config()).unwrap();
+    sink.put(&key("chunks/ab/kept"), b"kept", PutMode::Create)
+        .unwrap();
+    std::fs::write(
+        scratch.local.join("chunks/ab/.tmp-0123456789abcdef"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::write(scratch.local.join(".tmp-fedcba9876543210"), b"partial").unwrap();
+    let listed: Vec<String> = sink
+        .list("")
+        .unwrap()
+        .map(|m| m.unwrap().key.to_string())
+        .collect();
+    assert_eq!(listed, ["chunks/ab/kept"]);
+    assert_eq!(
+        sink.put(&key("chunks/ab/new"), b"new", PutMode::Create)
+            .unwrap(),
+        PutOutcome::Written
+    );
+    assert_eq!(sink.get(&key("chunks/ab/new")).unwrap(), b"new");
+}
+
+/// Large objects cross many WRITE/READ transfers; ranged reads start mid-transfer.
+#[test]
+fn objects_larger_than_one_transfer() {
+    let scratch = Scratch::new("large");
+    let sink = NfsSink::create(&scratch.config()).unwrap();
+    let data: Vec<u8> = (0..(9u32 << 20) + 17).map(|i| (i % 251) as u8).collect();
+    sink.put(&key("big"), &data, PutMode::Create).unwrap();
+    assert_eq!(sink.get(&key("big")).unwrap(), data);
+    let (start, end) = ((3 << 20) - 5, (7 << 20) + 3);
+    assert_eq!(
+        sink.get_range(&key("big"), start as u64, end as u64)
+            .unwrap(),
+        &data[start..end]
+    );
+    assert_eq!(std::fs::read(scratch.local.join("big")).unwrap(), data);
+}

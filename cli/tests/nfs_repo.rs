@@ -6,9 +6,7 @@ mod common;
 #[allow(dead_code)]
 mod nfs_server;
 
-use common::{
-    assert_same_file, ferry, mode, num, overwrite, random_bytes, text, text_bytes, write_image,
-};
+use common::{exercise_repository, ferry, mode};
 use nfs_server::Scratch;
 
 #[test]
@@ -16,48 +14,7 @@ fn backup_list_verify_restore_and_dedup_on_nfs() {
     let scratch = Scratch::new("e2e");
     let repo = format!("{}/vm-backups", scratch.url);
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    let data = [random_bytes(1, 3 << 20), text_bytes(2, 2 << 20)].concat();
-    write_image(&image, 24 << 20, &[(0, &data), (20 << 20, b"tail")]);
-    let image_arg = image.to_str().unwrap();
-
-    ferry(&["init", "--repo", &repo, "--chunk-size", "1M"]).success();
-    let first = ferry(&["backup", "--image", image_arg, "--repo", &repo, "--json"])
-        .success()
-        .json();
-    assert!(num(&first, "chunks_new") >= 5, "{first}");
-    let second = ferry(&["backup", "--image", image_arg, "--repo", &repo, "--json"])
-        .success()
-        .json();
-    assert_eq!(
-        num(&second, "chunks_new"),
-        0,
-        "an unchanged image writes no chunk"
-    );
-
-    // One changed chunk-sized region: exactly one new chunk.
-    overwrite(&image, 1 << 20, &random_bytes(3, 1 << 20));
-    let third = ferry(&["backup", "--image", image_arg, "--repo", &repo, "--json"])
-        .success()
-        .json();
-    assert_eq!(num(&third, "chunks_new"), 1, "{third}");
-
-    let listed = ferry(&["list", "--repo", &repo, "--json"]).success().json();
-    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 3);
-    ferry(&["verify", "--repo", &repo, "--read-data"]).success();
-
-    let target = dir.path().join("restored.img");
-    let sid = text(&third, "snapshot").to_owned();
-    ferry(&[
-        "restore",
-        "--repo",
-        &repo,
-        &sid,
-        "--to",
-        target.to_str().unwrap(),
-    ])
-    .success();
-    assert_same_file(&image, &target);
+    exercise_repository(&repo, dir.path(), |args| ferry(args));
 
     // The objects really are on the export, private to their owner.
     let local = scratch.local.join("vm-backups");

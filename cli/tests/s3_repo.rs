@@ -7,9 +7,7 @@ mod s3_server;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::{
-    Run, assert_same_file, ferry_with_env, num, random_bytes, text, text_bytes, write_image,
-};
+use common::{Run, exercise_repository, ferry_with_env};
 use s3_server::{S3Server, SECRET_KEY, server};
 
 /// Runs ferry with the server's AWS variables.
@@ -25,65 +23,7 @@ fn backup_list_verify_restore_and_dedup_on_s3() {
     let bucket = s3.bucket("e2e");
     let repo = format!("s3://{bucket}/team/vm-backups");
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    let data = [random_bytes(1, 3 << 20), text_bytes(2, 2 << 20)].concat();
-    write_image(&image, 24 << 20, &[(0, &data), (20 << 20, b"tail")]);
-
-    s3_ferry(s3, &["init", "--repo", &repo, "--chunk-size", "1M"]).success();
-    let first = s3_ferry(
-        s3,
-        &[
-            "backup",
-            "--image",
-            image.to_str().unwrap(),
-            "--repo",
-            &repo,
-            "--json",
-        ],
-    )
-    .success()
-    .json();
-    assert!(num(&first, "chunks_new") >= 5);
-    let second = s3_ferry(
-        s3,
-        &[
-            "backup",
-            "--image",
-            image.to_str().unwrap(),
-            "--repo",
-            &repo,
-            "--json",
-        ],
-    )
-    .success()
-    .json();
-    assert_eq!(
-        num(&second, "chunks_new"),
-        0,
-        "an unchanged image writes no chunk"
-    );
-
-    let listed = s3_ferry(s3, &["list", "--repo", &repo, "--json"])
-        .success()
-        .json();
-    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2);
-    s3_ferry(s3, &["verify", "--repo", &repo, "--read-data"]).success();
-
-    let target = dir.path().join("restored.img");
-    let sid = text(&second, "snapshot").to_owned();
-    s3_ferry(
-        s3,
-        &[
-            "restore",
-            "--repo",
-            &repo,
-            &sid,
-            "--to",
-            target.to_str().unwrap(),
-        ],
-    )
-    .success();
-    assert_same_file(&image, &target);
+    exercise_repository(&repo, dir.path(), |args| s3_ferry(s3, args));
 
     // The objects really are in the bucket, under the prefix.
     let chunks = s3.root.join(&bucket).join("team/vm-backups/chunks");

@@ -51,6 +51,25 @@ fn options(mode: ReaderMode) -> BackupOptions {
     o
 }
 
+/// Restores the first disk of `snapshot` next to `image` and checks it is byte-identical.
+fn assert_restores_to(repo: &Repository, snapshot: &str, image: &Path) {
+    let snapshot = repo.load_snapshot(snapshot).unwrap();
+    let target = image.with_extension("restored");
+    restore_disk(
+        repo,
+        &snapshot,
+        0,
+        &target,
+        &RestoreOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        std::fs::read(image).unwrap()
+    );
+}
+
 fn new_repo(sink: Arc<dyn Sink>) -> Repository {
     Repository::init(sink, CHUNK).unwrap()
 }
@@ -70,21 +89,7 @@ fn both_readers_back_up_identically_and_restore() {
     assert_eq!(pread.counts.chunks_new, 0);
     assert_eq!(pread.counts.chunks_reused, 6);
 
-    let snapshot = repo.load_snapshot(&pread.snapshot).unwrap();
-    let target = dir.path().join("restored.img");
-    restore_disk(
-        &repo,
-        &snapshot,
-        0,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    assert_eq!(
-        std::fs::read(&target).unwrap(),
-        std::fs::read(&image).unwrap()
-    );
+    assert_restores_to(&repo, &pread.snapshot, &image);
 }
 
 #[test]
@@ -324,19 +329,5 @@ fn stalled_sink_holds_exactly_the_configured_uploads_in_flight() {
             .unwrap()
             .is_clean()
     );
-    let snapshot = repo.load_snapshot(&report.snapshot).unwrap();
-    let target = dir.path().join("restored.img");
-    restore_disk(
-        &repo,
-        &snapshot,
-        0,
-        &target,
-        &RestoreOptions::default(),
-        &NoProgress,
-    )
-    .unwrap();
-    assert_eq!(
-        std::fs::read(&target).unwrap(),
-        std::fs::read(&path).unwrap()
-    );
+    assert_restores_to(&repo, &report.snapshot, &path);
 }

@@ -519,3 +519,49 @@ pub fn assert_no_restore_leftovers(target: &Path) {
         dir.display()
     );
 }
+
+/// The whole life of a repository at `repo` (any URL), through `run` (which adds what the
+/// backend needs, e.g. credentials): init, a backup, an unchanged backup that writes no chunk, a
+/// backup after one 1 MiB region changed that writes exactly one, list, verify with data,
+/// and a byte-identical restore. `dir` holds the images.
+pub fn exercise_repository(repo: &str, dir: &Path, run: impl Fn(&[&str]) -> Run) {
+    let image = dir.join("disk.img");
+    let data = [random_bytes(1, 3 << 20), text_bytes(2, 2 << 20)].concat();
+    write_image(&image, 24 << 20, &[(0, &data), (20 << 20, b"tail")]);
+    let image_arg = image.to_str().unwrap();
+    let backup = || {
+        run(&["backup", "--image", image_arg, "--repo", repo, "--json"])
+            .success()
+            .json()
+    };
+
+    run(&["init", "--repo", repo, "--chunk-size", "1M"]).success();
+    let first = backup();
+    assert!(num(&first, "chunks_new") >= 5, "{first}");
+    let second = backup();
+    assert_eq!(
+        num(&second, "chunks_new"),
+        0,
+        "an unchanged image writes no chunk"
+    );
+    overwrite(&image, MIB, &random_bytes(3, MIB as usize));
+    let third = backup();
+    assert_eq!(num(&third, "chunks_new"), 1, "one changed chunk: {third}");
+
+    let listed = run(&["list", "--repo", repo, "--json"]).success().json();
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 3);
+    run(&["verify", "--repo", repo, "--read-data"]).success();
+
+    let target = dir.join("restored.img");
+    let sid = text(&third, "snapshot");
+    run(&[
+        "restore",
+        "--repo",
+        repo,
+        sid,
+        "--to",
+        target.to_str().unwrap(),
+    ])
+    .success();
+    assert_same_file(&image, &target);
+}

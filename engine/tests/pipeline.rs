@@ -92,6 +92,26 @@ fn both_readers_back_up_identically_and_restore() {
     assert_restores_to(&repo, &pread.snapshot, &image);
 }
 
+/// A backup of an unchanged image asks the sink to store nothing but its manifest: known chunk
+/// ids come from the last snapshot's index, so no chunk is put (or checked) again.
+#[test]
+fn unchanged_image_sends_no_chunk_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 3);
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let disk = [DiskSource::new("a", image.clone())];
+    let first = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(first.counts.chunks_new, 6);
+
+    let counting = Arc::new(FailAfter::new(Arc::clone(&memory), u64::MAX));
+    let repo = Repository::open(Arc::clone(&counting) as Arc<dyn Sink>).unwrap();
+    let second = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(second.counts.chunks_reused, 6);
+    assert_eq!(counting.attempts(), 1, "only the manifest is written");
+    assert_restores_to(&repo, &second.snapshot, &image);
+}
+
 #[test]
 fn failed_upload_publishes_nothing_and_retry_succeeds() {
     let dir = tempfile::tempdir().unwrap();

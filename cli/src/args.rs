@@ -28,6 +28,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots.
     List(ListArgs),
+    /// Remove snapshots: the ones named, or those a --keep-* policy does not keep.
+    Forget(ForgetArgs),
     /// Restore a disk of a snapshot into a sparse file (or onto a block device with --force).
     Restore(RestoreArgs),
     /// Check that snapshots are complete and (with --read-data) that their data is intact.
@@ -43,7 +45,7 @@ pub enum Command {
 /// Where the repository is.
 #[derive(Args, Clone)]
 pub struct RepoArg {
-    /// Repository: a directory path or file://PATH.
+    /// Repository: a directory path, file://PATH, s3://BUCKET/PREFIX or nfs://HOST[:PORT]/PATH.
     #[arg(long, env = "FERRY_REPO", value_name = "URL")]
     pub repo: String,
 }
@@ -165,6 +167,35 @@ pub struct BackupArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub repo: RepoArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Snapshots to remove (id, unique prefix or `latest`); not with a --keep-* policy.
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// Keep the N newest snapshots of each name.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_last: usize,
+    /// Keep the newest snapshot of each of the N most recent days (UTC) that have one.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_daily: usize,
+    /// Keep the newest snapshot of each of the N most recent weeks (Monday to Sunday, UTC).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_weekly: usize,
+    /// Keep the newest snapshot of each of the N most recent months (UTC).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep_monthly: usize,
+    /// Apply the policy only to snapshots of this domain (or image) name.
+    #[arg(long, alias = "name", value_name = "NAME")]
+    pub domain: Option<String>,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long)]
     pub json: bool,
 }

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Init(a) => commands::init::run(a),
         Command::Backup(a) => commands::backup::run(a),
         Command::List(a) => commands::list::run(a),
+        Command::Forget(a) => commands::forget::run(a),
         Command::Restore(a) => commands::restore::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Bench(a) => commands::bench::run(a),

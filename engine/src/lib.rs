@@ -1,5 +1,9 @@
 //! Ferry's copy engine: disk images in, verified, deduplicated, restorable snapshots out.
 //!
+//! # Modules
+//! [`retention`] decides which snapshots a `--keep-*` policy keeps ([`calendar`] places times
+//! in UTC days, weeks and months).
+//!
 //! # Pipeline
 //! [`reader`] streams fixed-size chunks of an image (io_uring, O_DIRECT, holes skipped via
 //! `SEEK_DATA`) into [`backup`]'s worker pool (zero detection, BLAKE3, zstd), whose output goes
@@ -44,17 +48,22 @@
 //! # Concurrency
 //! | operation | may run beside | why |
 //! |---|---|---|
-//! | backup | backup, restore, verify, list | only adds objects, with put-if-absent |
+//! | backup | backup, restore, verify, list, forget | only adds objects, with put-if-absent |
 //! | restore, verify, list | anything above | read only |
+//! | forget | anything above | deletes manifests only, never a chunk |
 //!
-//! No operation deletes objects in format version 1's current tools, so no locks are needed;
-//! deleting operations (forget, garbage collection) must extend this table.
+//! Forget beside a backup: the backup may have taken its known chunk ids from a manifest that
+//! forget removes meanwhile. Its own manifest still names only stored chunks, because no tool
+//! deletes chunks yet; a restore or verify that listed the removed snapshot before it went
+//! reports it missing, never a wrong image. Garbage collection, which deletes chunks, must
+//! extend this table with a protocol that keeps every chunk a running backup relies on.
 //!
 //! Dedup relies on invariant 2: ids named by the last snapshot of the same name are known to be
 //! stored and are not written or checked again.
 
 pub mod backup;
 pub mod bench;
+pub mod calendar;
 pub mod chunk_codec;
 pub mod chunk_id;
 pub mod config;
@@ -65,6 +74,7 @@ pub mod progress;
 pub mod reader;
 pub mod repository;
 pub mod restore;
+pub mod retention;
 pub mod sample;
 pub mod verify;
 

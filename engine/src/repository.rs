@@ -214,6 +214,16 @@ impl Repository {
         }
     }
 
+    /// Removes a snapshot's manifest (`ferry forget`). Its chunks stay: other snapshots may
+    /// share them, and only garbage collection deletes chunks. Removing a missing snapshot is
+    /// `Ok`, so an interrupted forget can simply run again.
+    pub fn remove_snapshot(&self, id: &str) -> Result<(), EngineError> {
+        if !is_snapshot_id(id) {
+            return Err(EngineError::SnapshotNotFound(id.to_owned()));
+        }
+        Ok(self.sink.delete(&Self::snapshot_key(id))?)
+    }
+
     /// Publishes a manifest: the last step of a backup, after every chunk it names is stored.
     /// Publishing identical bytes twice is one snapshot (the id is the content's hash).
     pub fn publish_snapshot(&self, manifest: &Manifest) -> Result<Published, EngineError> {

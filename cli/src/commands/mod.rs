@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod backup_domain;
 pub mod bench;
+pub mod forget;
 pub mod gen_image;
 pub mod init;
 pub mod list;

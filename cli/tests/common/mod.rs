@@ -564,4 +564,40 @@ pub fn exercise_repository(repo: &str, dir: &Path, run: impl Fn(&[&str]) -> Run)
     ])
     .success();
     assert_same_file(&image, &target);
+
+    // Retention: a dry run changes nothing, then the two older snapshots go and the newest
+    // still verifies and restores.
+    let forget = |extra: &[&str]| {
+        let mut args = vec!["forget", "--repo", repo, "--keep-last", "1", "--json"];
+        args.extend_from_slice(extra);
+        run(&args).success().json()
+    };
+    assert_eq!(num(&forget(&["--dry-run"]), "removed"), 2);
+    let listed = run(&["list", "--repo", repo, "--json"]).success().json();
+    assert_eq!(
+        listed["snapshots"].as_array().unwrap().len(),
+        3,
+        "dry run removed something"
+    );
+    assert_eq!(num(&forget(&[]), "removed"), 2);
+    let listed = run(&["list", "--repo", repo, "--json"]).success().json();
+    let left: Vec<&str> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| text(s, "snapshot"))
+        .collect();
+    assert_eq!(left, [sid]);
+    run(&["verify", "--repo", repo, "--read-data"]).success();
+    std::fs::remove_file(&target).unwrap();
+    run(&[
+        "restore",
+        "--repo",
+        repo,
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ])
+    .success();
+    assert_same_file(&image, &target);
 }

@@ -3,7 +3,8 @@
 #  1. a disk image: backup, dedup'd second backup, list, verify --read-data, restore, compare;
 #  2. a live VM (no guest OS needed): define and start it with a sample disk, write into the
 #     running disk, `ferry backup --domain` (overlay mode, then push mode), list, verify, restore,
-#     and show that the VM is back on its own disk with no overlay left.
+#     and show that the VM is back on its own disk with no overlay left;
+#  3. retention: forget all but the newest snapshot of each name, gc, verify again.
 #
 #   bash scripts/quickstart.sh [WORKDIR]      (default WORKDIR: ./ferry-demo; run as root)
 #
@@ -94,5 +95,12 @@ printf 'restored at 0 MiB: %s   at 4 MiB: %s\n' \
   "$(od -An -tx1 -N1 restored-vm/vda | tr -d ' ')" "$(od -An -tx1 -j 4194304 -N1 restored-vm/vda | tr -d ' ')"
 printf 'live disk at 4 MiB: %s\n' "$(od -An -tx1 -j 4194304 -N1 vm-disk.raw | tr -d ' ')"
 ls -la "$work" | grep -c ferry-overlay | sed 's/^/overlay files left: /' || true
+
+step "ferry forget --repo repo --keep-last 1   (the newest snapshot of each name stays)"
+"$ferry" forget --repo repo --keep-last 1
+
+step "ferry gc --repo repo   (deletes the chunks no snapshot uses any more)"
+"$ferry" gc --repo repo
+"$ferry" verify --repo repo --read-data
 
 du -sh sample.img restored.img repo

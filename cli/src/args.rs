@@ -30,6 +30,8 @@ pub enum Command {
     List(ListArgs),
     /// Remove snapshots: the ones named, or those a --keep-* policy does not keep.
     Forget(ForgetArgs),
+    /// Delete the chunks no snapshot uses (refused while a backup holds the repository).
+    Gc(GcArgs),
     /// Restore a disk of a snapshot into a sparse file (or onto a block device with --force).
     Restore(RestoreArgs),
     /// Check that snapshots are complete and (with --read-data) that their data is intact.
@@ -194,6 +196,17 @@ pub struct ForgetArgs {
     #[arg(long, alias = "name", value_name = "NAME")]
     pub domain: Option<String>,
     /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub repo: RepoArg,
+    /// Count what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
     #[arg(long)]

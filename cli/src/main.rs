@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Backup(a) => commands::backup::run(a),
         Command::List(a) => commands::list::run(a),
         Command::Forget(a) => commands::forget::run(a),
+        Command::Gc(a) => commands::gc::run(a),
         Command::Restore(a) => commands::restore::run(a),
         Command::Verify(a) => commands::verify::run(a),
         Command::Bench(a) => commands::bench::run(a),

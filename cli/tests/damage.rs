@@ -344,8 +344,10 @@ fn repository_files_are_private() {
     assert_eq!(mode(&d.victim_path()), 0o600);
     assert_eq!(mode(d.victim_path().parent().unwrap()), 0o700);
     assert_eq!(mode(&d.manifest_path()), 0o600);
-    // Nothing else, and no temporary files, in the repository.
-    assert_eq!(dir_names(repo), ["chunks", "config", "snapshots"]);
+    // Nothing else, and no temporary files, in the repository; the backup's lock is gone.
+    assert_eq!(dir_names(repo), ["chunks", "config", "locks", "snapshots"]);
+    assert_eq!(mode(&repo.join("locks")), 0o700);
+    assert!(dir_names(&repo.join("locks")).is_empty(), "a lock was left");
     assert_eq!(dir_names(&repo.join("snapshots")), [d.sid.as_str()]);
     for id in d.fx.chunk_ids() {
         let path = d.fx.chunk_path(&id);

@@ -1,5 +1,6 @@
-//! `ferry forget` on local repositories: named snapshots, policies per name, dry runs, errors.
-//! (The S3 and NFS end-to-end tests run forget through `common::exercise_repository` too.)
+//! `ferry forget` and `ferry gc` on local repositories: named snapshots, policies per name, dry
+//! runs, errors, locks. (The S3 and NFS end-to-end tests run both through
+//! `common::exercise_repository` too.)
 
 mod common;
 
@@ -121,4 +122,28 @@ fn forget_refuses_unclear_requests_and_keeps_everything() {
     fx.run("forget", &["--keep-last", "1", "--domain", "nosuch"])
         .error_line(&["no snapshot is named nosuch"]);
     assert_eq!(snapshot_ids(&fx), before);
+}
+
+#[test]
+fn gc_is_refused_while_another_host_backs_up() {
+    let fx = Fixture::new();
+    let (a, _) = two_names(&fx);
+    fx.run("forget", &[a[0].as_str()]).success();
+    let chunks = fx.chunk_ids();
+    // A backup on another hypervisor holds a shared lock.
+    let locks = fx.repo.join("locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let lock = locks.join("0123456789abcdef0123456789abcdef");
+    std::fs::write(
+        &lock,
+        r#"{"kind":"shared","operation":"backup","hostname":"hv-2","pid":4242,"created_unix":0}"#,
+    )
+    .unwrap();
+    fx.run("gc", &[] as &[&str])
+        .error_line(&["locked by backup", "hv-2", "4242"]);
+    assert_eq!(fx.chunk_ids(), chunks, "a refused gc deleted chunks");
+    std::fs::remove_file(&lock).unwrap();
+    let report = fx.run("gc", &["--json"]).success().json();
+    assert_eq!(num(&report, "chunks_deleted"), 1);
+    fx.verify(&["--read-data"]).success();
 }

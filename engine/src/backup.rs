@@ -30,6 +30,7 @@ use crate::chunk_codec::ChunkEncoder;
 use crate::chunk_id::{ChunkId, is_all_zero};
 use crate::digest::ImageDigest;
 use crate::error::EngineError;
+use crate::lock::{LockKind, RepoLock};
 use crate::manifest::{DiskMeta, Manifest, SnapshotMeta, check_disk_name};
 use crate::progress::Progress;
 use crate::reader::{
@@ -174,16 +175,23 @@ pub fn backup(
 
 /// A backup whose chunks are all stored but whose manifest is not yet published: the caller
 /// may still decide against it (a failing hook), and then nothing becomes visible.
+///
+/// It holds the backup's shared repository lock (taken by [`copy`] before the first chunk is
+/// written), so garbage collection cannot delete the chunks it relies on; dropping it releases
+/// the lock.
 #[derive(Debug)]
 pub struct PendingSnapshot {
     manifest: Manifest,
     report: BackupReport,
     started: Instant,
+    lock: RepoLock,
 }
 
 impl PendingSnapshot {
-    /// Publishes the manifest, the last step of a backup.
+    /// Publishes the manifest, the last step of a backup, after checking that the lock is
+    /// still held (see [`crate::lock`]).
     pub fn publish(self, repo: &Repository) -> Result<BackupReport, EngineError> {
+        self.lock.check()?;
         let published = repo.publish_snapshot(&self.manifest)?;
         let mut report = self.report;
         report.counts.bytes_written += published.bytes_written;
@@ -204,6 +212,8 @@ pub fn copy(
     let started = Instant::now();
     let started_unix = unix_now();
     check_options(disks, options)?;
+    // Before the known ids are read: gc cannot delete what they name while the lock is held.
+    let lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
     let known = known_chunks(repo, &options.name)?;
     let claimed = Mutex::new(HashSet::new());
     let mut total = BackupCounts::default();
@@ -268,6 +278,7 @@ pub fn copy(
             disks: disk_reports,
         },
         started,
+        lock,
     })
 }
 
@@ -621,7 +632,7 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())

@@ -84,6 +84,18 @@ pub enum EngineError {
     InvalidOption(String),
     #[error("operation cancelled")]
     Cancelled,
+    #[error(
+        "the repository is locked by {holder}; garbage collection runs only when no backup does (retry when it has finished)"
+    )]
+    Locked { holder: String },
+    #[error(
+        "this process lost its repository lock (another process removed it as stale); nothing was published"
+    )]
+    LockLost,
+    #[error(
+        "garbage collection refuses to run while snapshot {snapshot} cannot be read ({reason}): the chunks it needs are unknown; repair or forget it first"
+    )]
+    UnreadableSnapshot { snapshot: String, reason: String },
 }
 
 impl EngineError {

@@ -2,7 +2,8 @@
 //!
 //! # Modules
 //! [`retention`] decides which snapshots a `--keep-*` policy keeps ([`calendar`] places times
-//! in UTC days, weeks and months).
+//! in UTC days, weeks and months); [`gc`] deletes unreferenced chunks under [`lock`]'s
+//! exclusive repository lock.
 //!
 //! # Pipeline
 //! [`reader`] streams fixed-size chunks of an image (io_uring, O_DIRECT, holes skipped via
@@ -17,7 +18,8 @@
 //! |---|---|---|
 //! | `config` | JSON [`config::RepoConfig`]: format name, version 1, default chunk size, hash `blake3`, compression `zstd` | once, by `init`, put-if-absent |
 //! | `chunks/<hh>/<id>` | one chunk object ([`chunk_codec`]): magic `FRYC`, version, codec, raw length, payload | by backups, put-if-absent, never modified |
-//! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version, JSON metadata, per-disk index of chunk ids, BLAKE3 trailer | last step of a backup, put-if-absent |
+//! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version, JSON metadata, per-disk index of chunk ids, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
+//! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
 //!
 //! `<id>` is the 64-hex BLAKE3 of the chunk's raw bytes and `<hh>` its first two digits.
 //! `<sid>` is the first 16 hex digits of the BLAKE3 of the manifest bytes. All-zero chunks are
@@ -46,17 +48,36 @@
 //! image under the target name.
 //!
 //! # Concurrency
-//! | operation | may run beside | why |
-//! |---|---|---|
-//! | backup | backup, restore, verify, list, forget | only adds objects, with put-if-absent |
-//! | restore, verify, list | anything above | read only |
-//! | forget | anything above | deletes manifests only, never a chunk |
+//! | operation | lock | may run beside | why |
+//! |---|---|---|---|
+//! | backup | shared | backup, restore, verify, list, forget | only adds objects, with put-if-absent |
+//! | restore, verify, list | none | anything | read only |
+//! | forget | none | anything | deletes manifests only, never a chunk |
+//! | gc | exclusive | restore, verify, list, forget | deletes chunks no manifest names; no backup is running |
 //!
-//! Forget beside a backup: the backup may have taken its known chunk ids from a manifest that
-//! forget removes meanwhile. Its own manifest still names only stored chunks, because no tool
-//! deletes chunks yet; a restore or verify that listed the removed snapshot before it went
-//! reports it missing, never a wrong image. Garbage collection, which deletes chunks, must
-//! extend this table with a protocol that keeps every chunk a running backup relies on.
+//! A backup relies on three kinds of chunks: those it uploads, those put-if-absent finds
+//! already stored, and those it takes as known from the previous snapshot of its name without
+//! asking the sink. gc must not delete any of them before the backup's manifest names them,
+//! and none of them is protected by a published manifest while the backup runs (the previous
+//! snapshot may be forgotten meanwhile, and a found chunk may be an orphan). Ferry therefore
+//! makes gc and backups exclude each other with repository locks ([`lock`]): a backup takes a
+//! shared lock before it reads its known ids and holds it until its manifest is published; gc
+//! takes an exclusive lock, reads every manifest, and deletes what none names. The lock
+//! protocol needs only put-if-absent, list-after-put and delete, which every sink provides.
+//!
+//! Alternatives weighed: Proxmox Backup marks chunks by updating their access time and sweeps
+//! those not touched since the gc started minus a grace period; object stores cannot update a
+//! timestamp without rewriting the object, so a mark would cost a copy per chunk. kopia runs two
+//! gc cycles and trusts that no backup outlives the gap between them; a backup of a large disk
+//! to a slow store can. restic's lock (exclusive prune, shared backups) is what Ferry does: gc
+//! never guesses, at the price that it runs only when no backup does (it refuses, naming the
+//! holder, and the caller retries). Stale locks (not refreshed for 30 minutes by the sink's
+//! clock, or held by a dead process on this host) do not block gc, and gc removes them.
+//!
+//! Forget beside a backup: the backup may have taken its known ids from a manifest that forget
+//! removes meanwhile; its chunks stay, because gc cannot run until the backup has published a
+//! manifest that names them. A restore or verify that listed a snapshot before forget removed
+//! it reports it missing, never a wrong image.
 //!
 //! Dedup relies on invariant 2: ids named by the last snapshot of the same name are known to be
 //! stored and are not written or checked again.
@@ -69,6 +90,8 @@ pub mod chunk_id;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod gc;
+pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod reader;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::backup::{BackupOptions, DiskSource, backup};
+use ferry_engine::gc::gc;
 use ferry_engine::reader::ReaderMode;
 use ferry_engine::repository::{CHUNKS_PREFIX, SNAPSHOTS_PREFIX};
 use ferry_engine::restore::{RestoreOptions, restore_disk};
@@ -108,7 +109,11 @@ fn unchanged_image_sends_no_chunk_request() {
     let repo = Repository::open(Arc::clone(&counting) as Arc<dyn Sink>).unwrap();
     let second = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
     assert_eq!(second.counts.chunks_reused, 6);
-    assert_eq!(counting.attempts(), 1, "only the manifest is written");
+    assert_eq!(
+        counting.attempts(),
+        3,
+        "only the lock (put, delete) and the manifest are written"
+    );
     assert_restores_to(&repo, &second.snapshot, &image);
 }
 
@@ -292,7 +297,10 @@ fn stalled_sink_holds_exactly_the_configured_uploads_in_flight() {
     std::fs::write(&path, noise(11, CHUNKS * CHUNK as usize)).unwrap();
     let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
     new_repo(Arc::clone(&memory)); // the config put bypasses the gate
-    let stall = Arc::new(StallPuts::new(Arc::clone(&memory)));
+    // Only chunk puts stall: the backup's lock is taken before the first chunk.
+    let stall = Arc::new(StallPuts::matching(Arc::clone(&memory), |k| {
+        k.as_str().starts_with(CHUNKS_PREFIX)
+    }));
     let repo = Repository::open(Arc::clone(&stall) as Arc<dyn Sink>).unwrap();
 
     // A detached thread: if an assertion below fails, the test fails instead of hanging on a
@@ -350,4 +358,158 @@ fn stalled_sink_holds_exactly_the_configured_uploads_in_flight() {
             .is_clean()
     );
     assert_restores_to(&repo, &report.snapshot, &path);
+}
+
+fn chunk_count(sink: &dyn Sink) -> usize {
+    sink.list(CHUNKS_PREFIX).unwrap().count()
+}
+
+/// After a snapshot is removed, gc deletes exactly the chunks no remaining snapshot names, and
+/// everything left verifies and restores. A dry run deletes nothing.
+#[test]
+fn gc_after_forget_frees_exactly_the_unreferenced_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let a = write_image(dir.path(), "a.img", 10);
+    let b = write_image(dir.path(), "b.img", 20);
+    let first = backup(
+        &repo,
+        &[DiskSource::new("a", a.clone())],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    // Change one chunk of a: the second snapshot shares 5 of the first's 6 chunks.
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
+        file.write_all_at(&noise(99, CHUNK as usize), 0).unwrap();
+    }
+    let second = backup(
+        &repo,
+        &[DiskSource::new("a", a.clone())],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(second.counts.chunks_new, 1);
+    let other = backup(
+        &repo,
+        &[DiskSource::new("b", b.clone())],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(chunk_count(&*memory), 6 + 1 + 6);
+
+    // Every chunk is named by some snapshot: nothing to collect.
+    let report = gc(&repo, false).unwrap();
+    assert_eq!(
+        (report.chunks_total, report.chunks_deleted),
+        (13, 0),
+        "{report:?}"
+    );
+
+    repo.remove_snapshot(&first.snapshot).unwrap();
+    let dry = gc(&repo, true).unwrap();
+    assert_eq!(dry.chunks_deleted, 1);
+    assert_eq!(chunk_count(&*memory), 13, "a dry run deleted something");
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!(
+        (swept.snapshots, swept.chunks_total, swept.chunks_deleted),
+        (2, 13, 1)
+    );
+    assert_eq!(swept.bytes_freed, dry.bytes_freed);
+    assert_eq!(chunk_count(&*memory), 12);
+    assert!(
+        verify(&repo, None, true, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+    assert_restores_to(&repo, &second.snapshot, &a);
+    assert_restores_to(&repo, &other.snapshot, &b);
+    assert!(
+        memory.list("locks/").unwrap().next().is_none(),
+        "gc left its lock"
+    );
+}
+
+/// gc refuses to run while a backup holds its shared lock (here: stalled mid-upload), and the
+/// backup then publishes a manifest whose chunks all exist.
+#[test]
+fn gc_never_runs_beside_a_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = write_image(dir.path(), "a.img", 30);
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    new_repo(Arc::clone(&memory));
+    let stall = Arc::new(StallPuts::matching(Arc::clone(&memory), |k| {
+        k.as_str().starts_with(CHUNKS_PREFIX)
+    }));
+    let stalled_repo = Repository::open(Arc::clone(&stall) as Arc<dyn Sink>).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let disk = [DiskSource::new("a", image)];
+        let _ = done_tx.send(backup(
+            &stalled_repo,
+            &disk,
+            &options(ReaderMode::Auto),
+            &NoProgress,
+        ));
+    });
+    assert!(
+        stall.wait_for_in_flight(1, Duration::from_secs(60)),
+        "the backup never uploaded"
+    );
+
+    let repo = Repository::open(Arc::clone(&memory)).unwrap();
+    for _ in 0..3 {
+        let err = gc(&repo, false).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Locked { holder } if holder.contains("backup")),
+            "{err}"
+        );
+    }
+    stall.open();
+    let report = done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!(swept.chunks_deleted, 0, "every chunk is referenced");
+    assert!(
+        verify(&repo, Some(&report.snapshot), true, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+}
+
+/// A manifest that does not read stops gc before it deletes anything.
+#[test]
+fn gc_refuses_while_a_manifest_is_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let image = write_image(dir.path(), "a.img", 40);
+    let first = backup(
+        &repo,
+        &[DiskSource::new("a", image)],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    let key = ObjectKey::new(format!("{SNAPSHOTS_PREFIX}{}", first.snapshot)).unwrap();
+    let mut bytes = memory.get(&key).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    memory
+        .put(&key, &bytes, ferry_sinks::PutMode::Overwrite)
+        .unwrap();
+    let before = chunk_count(&*memory);
+    let err = gc(&repo, false).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::UnreadableSnapshot { snapshot, .. } if *snapshot == first.snapshot),
+        "{err}"
+    );
+    assert_eq!(chunk_count(&*memory), before);
 }

@@ -177,10 +177,11 @@ impl Sink for FlipBitOnRead {
     }
 }
 
-/// Holds every put at a gate until [`open`](StallPuts::open) is called, and counts the puts in
-/// flight (entered, not yet returned), so a test can freeze a writer mid-upload, observe how
+/// Holds every put (of the chosen keys) at a gate until [`open`](StallPuts::open) is called,
+/// and counts those puts in flight (entered, not yet returned), so a test can freeze a writer mid-upload, observe how
 /// many writes it keeps outstanding, and then let it finish. Reads, `head`, `list` and `delete`
-/// pass through untouched, also while the gate is closed.
+/// pass through untouched, also while the gate is closed, and so do puts of keys the filter
+/// does not choose ([`matching`](StallPuts::matching)); they are not counted.
 ///
 /// Contract:
 /// - The gate starts closed and, once opened, stays open: `open` releases every blocked put and
@@ -193,9 +194,9 @@ impl Sink for FlipBitOnRead {
 /// - Waiting is on a condition variable with a deadline, never a sleep: tests built on
 ///   [`wait_for_in_flight`](StallPuts::wait_for_in_flight) are deterministic, and the timeout
 ///   only bounds how long a broken caller makes them hang.
-#[derive(Debug)]
 pub struct StallPuts {
     inner: Arc<dyn Sink>,
+    filter: KeyFilter,
     state: Mutex<StallState>,
     /// Signalled when the gate opens.
     opened: Condvar,
@@ -210,11 +211,30 @@ struct StallState {
     max_in_flight: usize,
 }
 
+impl fmt::Debug for StallPuts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StallPuts")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StallPuts {
-    /// Wraps `inner` with the gate closed.
+    /// Wraps `inner` with the gate closed, stalling every put.
     pub fn new(inner: Arc<dyn Sink>) -> Self {
+        Self::matching(inner, |_| true)
+    }
+
+    /// Wraps `inner` with the gate closed, stalling only puts of keys for which `filter`
+    /// returns true.
+    pub fn matching(
+        inner: Arc<dyn Sink>,
+        filter: impl Fn(&ObjectKey) -> bool + Send + Sync + 'static,
+    ) -> Self {
         StallPuts {
             inner,
+            filter: Box::new(filter),
             state: Mutex::new(StallState::default()),
             opened: Condvar::new(),
             entered: Condvar::new(),
@@ -284,7 +304,7 @@ impl Drop for InFlight<'_> {
 
 impl Sink for StallPuts {
     fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
-        let _in_flight = InFlight::enter(self);
+        let _in_flight = (self.filter)(key).then(|| InFlight::enter(self));
         // Outside the lock: released puts reach the inner sink concurrently.
         self.inner.put(key, data, mode)
     }

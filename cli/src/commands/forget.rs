@@ -149,8 +149,8 @@ fn print_human(report: &Report) {
         "removed"
     };
     println!(
-        "{verb} {} snapshot(s), kept {}. Their chunks stay in the repository (shared chunks are \
-         still used by the kept snapshots); garbage collection is not available yet.",
+        "{verb} {} snapshot(s), kept {}. Chunks stay until `ferry gc` deletes those no snapshot \
+         uses.",
         report.removed, report.kept
     );
 }

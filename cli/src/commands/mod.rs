@@ -4,6 +4,7 @@ pub mod backup;
 pub mod backup_domain;
 pub mod bench;
 pub mod forget;
+pub mod gc;
 pub mod gen_image;
 pub mod init;
 pub mod list;

@@ -589,6 +589,18 @@ pub fn exercise_repository(repo: &str, dir: &Path, run: impl Fn(&[&str]) -> Run)
         .collect();
     assert_eq!(left, [sid]);
     run(&["verify", "--repo", repo, "--read-data"]).success();
+
+    // Garbage collection: only the chunk the change replaced is unreferenced now.
+    let dry = run(&["gc", "--repo", repo, "--dry-run", "--json"])
+        .success()
+        .json();
+    assert_eq!(num(&dry, "chunks_deleted"), 1, "{dry}");
+    let swept = run(&["gc", "--repo", repo, "--json"]).success().json();
+    assert_eq!(num(&swept, "chunks_deleted"), 1, "{swept}");
+    assert_eq!(num(&swept, "bytes_freed"), num(&dry, "bytes_freed"));
+    let again = run(&["gc", "--repo", repo, "--json"]).success().json();
+    assert_eq!(num(&again, "chunks_deleted"), 0);
+    run(&["verify", "--repo", repo, "--read-data"]).success();
     std::fs::remove_file(&target).unwrap();
     run(&[
         "restore",

@@ -1,0 +1,33 @@
+//! `ferry gc`: deletes the chunk objects no snapshot names, under the exclusive repository lock.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ferry_engine::gc::gc;
+
+use crate::args::GcArgs;
+use crate::commands::{open_repo, print_json};
+use crate::size::human;
+
+pub fn run(args: GcArgs) -> Result<ExitCode> {
+    let repo = open_repo(&args.repo)?;
+    let report = gc(&repo, args.dry_run)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        let verb = if report.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        println!(
+            "{} snapshot(s) name {} of {} chunk(s); {verb} {} unreferenced chunk(s), {}.",
+            report.snapshots,
+            report.chunks_referenced,
+            report.chunks_total,
+            report.chunks_deleted,
+            human(report.bytes_freed)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

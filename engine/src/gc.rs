@@ -1,0 +1,119 @@
+//! Garbage collection: deletes the chunk objects no snapshot names (`ferry gc`).
+//!
+//! Runs under the exclusive repository lock ([`crate::lock`]), so no backup is between reading
+//! its known chunk ids and publishing its manifest while chunks are deleted: every chunk a
+//! backup relies on is either named by a published manifest (and kept) or written after gc
+//! released the lock. Mark: every manifest is read and its index collected; gc refuses to run
+//! when a manifest cannot be read, since the chunks it needs would be unknown. Sweep: every
+//! object under `chunks/` whose id is not marked is deleted, from a few threads; objects under
+//! `chunks/` that are not chunk objects are left alone. A gc killed at any point leaves a
+//! repository whose snapshots are all complete (it only deletes unreferenced chunks) and whose
+//! lock goes stale; the next gc finishes the job.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ferry_sinks::ObjectMeta;
+use serde::Serialize;
+
+use crate::chunk_id::ChunkId;
+use crate::error::EngineError;
+use crate::lock::{LockKind, RepoLock};
+use crate::repository::{CHUNKS_PREFIX, Repository};
+
+/// Threads deleting at once (requests in flight against a remote store).
+const DELETERS: usize = 8;
+
+/// What a garbage collection found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    /// Chunk objects present before the sweep.
+    pub chunks_total: u64,
+    /// Of those, named by some snapshot.
+    pub chunks_referenced: u64,
+    /// Unreferenced chunk objects deleted (with `dry_run`: that would be deleted).
+    pub chunks_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// Deletes every unreferenced chunk of `repo` (with `dry_run`, only counts them).
+pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
+    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "gc")?;
+    let (snapshots, damaged) = repo.load_all_snapshots()?;
+    if let Some(err) = damaged.into_iter().next() {
+        let snapshot = match &err {
+            EngineError::Manifest { snapshot, .. } => snapshot.clone(),
+            _ => "?".to_owned(),
+        };
+        return Err(EngineError::UnreadableSnapshot {
+            snapshot,
+            reason: err.to_string(),
+        });
+    }
+    let referenced: HashSet<ChunkId> = snapshots
+        .iter()
+        .flat_map(|s| s.manifest.indexes.iter().flatten())
+        .copied()
+        .filter(|id| !id.is_zero_mark())
+        .collect();
+    let mut report = GcReport {
+        dry_run,
+        snapshots: snapshots.len(),
+        ..GcReport::default()
+    };
+    let mut doomed: Vec<ObjectMeta> = Vec::new();
+    for meta in repo.sink().list(CHUNKS_PREFIX)? {
+        let meta = meta?;
+        let Some(id) = Repository::chunk_id_of_key(meta.key.as_str()) else {
+            continue;
+        };
+        report.chunks_total += 1;
+        if referenced.contains(&id) {
+            report.chunks_referenced += 1;
+        } else {
+            doomed.push(meta);
+        }
+    }
+    report.chunks_deleted = doomed.len() as u64;
+    report.bytes_freed = doomed.iter().map(|m| m.size).sum();
+    if dry_run || doomed.is_empty() {
+        return Ok(report);
+    }
+    lock.check()?;
+    delete_all(repo, &doomed)?;
+    Ok(report)
+}
+
+/// Deletes `objects` from [`DELETERS`] threads; the first error is returned after all stop.
+fn delete_all(repo: &Repository, objects: &[ObjectMeta]) -> Result<(), EngineError> {
+    let next = AtomicU64::new(0);
+    let failure = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..DELETERS.min(objects.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                    let Some(meta) = objects.get(i) else { break };
+                    if let Err(e) = repo.sink().delete(&meta.key) {
+                        failure
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert(e);
+                        next.store(objects.len() as u64, Ordering::SeqCst);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    match failure
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}

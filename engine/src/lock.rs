@@ -1,0 +1,331 @@
+//! Repository locks: backups hold a shared lock, garbage collection an exclusive one, so gc
+//! never deletes a chunk that a running backup (on any host) relies on.
+//!
+//! # Protocol
+//! A lock is the object `locks/<random hex>` holding JSON [`LockInfo`]. To acquire:
+//! 1. put the own lock (put-if-absent under a fresh random key);
+//! 2. list `locks/` and read every other lock;
+//! 3. if any live lock conflicts (exclusive against anything), delete the own lock and fail
+//!    with [`EngineError::Locked`] naming the holder.
+//!
+//! Why two conflicting acquirers never both succeed: each puts before it lists, and the sinks
+//! list what was put before the listing started (S3 is strongly consistent; the local and NFS
+//! sinks name objects atomically). If A's listing missed B's lock, B's put came after A's
+//! listing, hence after A's put, so B's listing sees A's lock and B backs off. (Both may back
+//! off; the caller retries later.)
+//!
+//! # Liveness
+//! A holder rewrites its lock every [`REFRESH_EVERY`]. A lock is stale, and ignored (and removed
+//! by gc), when its object is older than [`STALE_AFTER`] by the sink's own clock (the acquirer
+//! compares against the modification time of the lock it just wrote, so hosts' clocks do not
+//! matter), or when it names this host and a process that no longer exists (a backup killed
+//! with SIGKILL on this host does not block gc for half an hour).
+//!
+//! A holder whose lock vanished (gc judged it stale, say after the process was suspended for
+//! longer than [`STALE_AFTER`]) finds out at its next refresh or at [`RepoLock::check`], which a
+//! backup calls right before publishing its manifest, and then publishes nothing. What remains
+//! open is a holder suspended for more than [`STALE_AFTER`] exactly between that check and its
+//! manifest put; no lock without a lease enforced by the storage can close it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_sinks::{ObjectKey, PutMode, Sink, SinkError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+use crate::repository::Repository;
+
+/// Prefix of lock objects.
+pub const LOCKS_PREFIX: &str = "locks/";
+/// A lock not rewritten for this long is stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+/// How often a holder rewrites its lock.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// What a lock allows beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    /// Backups: any number at once.
+    Shared,
+    /// Garbage collection: alone.
+    Exclusive,
+}
+
+/// The content of a lock object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub kind: LockKind,
+    /// What holds it: `backup`, `gc`.
+    pub operation: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub created_unix: u64,
+}
+
+/// A held lock. Dropping it stops the refresher and deletes the lock object.
+#[derive(Debug)]
+pub struct RepoLock {
+    sink: Arc<dyn Sink>,
+    key: ObjectKey,
+    lost: Arc<AtomicBool>,
+    refresher: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl RepoLock {
+    /// Acquires a lock of `kind` for `operation`, removing stale locks it meets when `kind` is
+    /// exclusive. Fails with [`EngineError::Locked`] when a live lock conflicts.
+    pub fn acquire(
+        repo: &Repository,
+        kind: LockKind,
+        operation: &str,
+    ) -> Result<RepoLock, EngineError> {
+        let sink = Arc::clone(repo.sink());
+        let info = LockInfo {
+            kind,
+            operation: operation.to_owned(),
+            hostname: crate::backup::hostname(),
+            pid: std::process::id(),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        };
+        let bytes = serde_json::to_vec(&info).expect("lock info serializes");
+        let key = lock_key(&format!("{:032x}", rand::random::<u128>()));
+        sink.put(&key, &bytes, PutMode::Create)?;
+        let lock = RepoLock {
+            sink: Arc::clone(&sink),
+            key,
+            lost: Arc::new(AtomicBool::new(false)),
+            refresher: None,
+        };
+        // `lock` deletes its object on drop, also when the checks below fail.
+        let now = sink.head(&lock.key)?.modified;
+        for other in sink.list(LOCKS_PREFIX)? {
+            let other = other?;
+            if other.key == lock.key {
+                continue;
+            }
+            let theirs = match sink.get(&other.key) {
+                Ok(bytes) => serde_json::from_slice::<LockInfo>(&bytes).ok(),
+                Err(SinkError::NotFound { .. }) => continue, // released meanwhile
+                Err(e) => return Err(e.into()),
+            };
+            if is_stale(theirs.as_ref(), other.modified, now) {
+                if kind == LockKind::Exclusive {
+                    log::warn!("removing stale lock {} ({theirs:?})", other.key);
+                    sink.delete(&other.key)?;
+                }
+                continue;
+            }
+            // An unreadable lock might be anything: treat it as exclusive.
+            let their_kind = theirs.as_ref().map_or(LockKind::Exclusive, |t| t.kind);
+            if kind == LockKind::Exclusive || their_kind == LockKind::Exclusive {
+                return Err(EngineError::Locked {
+                    holder: describe(theirs.as_ref(), &other.key),
+                });
+            }
+        }
+        Ok(lock.with_refresher(bytes))
+    }
+
+    /// Starts the thread that rewrites the lock every [`REFRESH_EVERY`].
+    fn with_refresher(mut self, bytes: Vec<u8>) -> RepoLock {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let sink = Arc::clone(&self.sink);
+        let key = self.key.clone();
+        let lost = Arc::clone(&self.lost);
+        let handle = std::thread::Builder::new()
+            .name("ferry-lock".into())
+            .spawn(move || {
+                // The channel is the timer: a message or a hang-up ends the loop at once.
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(REFRESH_EVERY) {
+                    // Gone means someone judged it stale: never write it back. Any other
+                    // failure is one missed refresh; the lock goes stale only after several.
+                    match sink.head(&key) {
+                        Err(SinkError::NotFound { .. }) => lost.store(true, Ordering::SeqCst),
+                        _ => {
+                            if let Err(e) = sink.put(&key, &bytes, PutMode::Overwrite) {
+                                log::warn!("cannot refresh lock {key}: {e}");
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("spawn the lock refresher");
+        self.refresher = Some((stop, handle));
+        self
+    }
+
+    /// Fails with [`EngineError::LockLost`] when the lock is no longer held (removed as stale
+    /// by another process).
+    pub fn check(&self) -> Result<(), EngineError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(EngineError::LockLost);
+        }
+        match self.sink.head(&self.key) {
+            Ok(_) => Ok(()),
+            Err(SinkError::NotFound { .. }) => Err(EngineError::LockLost),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for RepoLock {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.refresher.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        if let Err(e) = self.sink.delete(&self.key) {
+            log::warn!("cannot remove lock {}: {e}", self.key);
+        }
+    }
+}
+
+fn lock_key(name: &str) -> ObjectKey {
+    ObjectKey::new(format!("{LOCKS_PREFIX}{name}")).expect("lock keys are valid")
+}
+
+/// Whether a lock can be ignored: older than [`STALE_AFTER`] relative to `now` (both times by
+/// the sink's clock), or held by a process of this host that no longer exists.
+fn is_stale(info: Option<&LockInfo>, modified: SystemTime, now: SystemTime) -> bool {
+    if now.duration_since(modified).unwrap_or_default() > STALE_AFTER {
+        return true;
+    }
+    info.is_some_and(|info| {
+        info.hostname == crate::backup::hostname()
+            && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+    })
+}
+
+fn describe(info: Option<&LockInfo>, key: &ObjectKey) -> String {
+    match info {
+        Some(info) => format!(
+            "{} ({:?} lock {key}) by pid {} on {}, since {}",
+            info.operation, info.kind, info.pid, info.hostname, info.created_unix
+        ),
+        None => format!("an unreadable lock {key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_sinks::memory::MemorySink;
+
+    fn repo() -> Repository {
+        Repository::init(Arc::new(MemorySink::new()), 1 << 20).unwrap()
+    }
+
+    fn locks(repo: &Repository) -> usize {
+        repo.sink().list(LOCKS_PREFIX).unwrap().count()
+    }
+
+    #[test]
+    fn shared_locks_coexist_and_exclude_gc() {
+        let repo = repo();
+        let a = RepoLock::acquire(&repo, LockKind::Shared, "backup").unwrap();
+        let b = RepoLock::acquire(&repo, LockKind::Shared, "backup").unwrap();
+        let err = RepoLock::acquire(&repo, LockKind::Exclusive, "gc").unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Locked { holder } if holder.contains("backup")),
+            "{err}"
+        );
+        assert_eq!(locks(&repo), 2, "the refused lock was not removed");
+        drop((a, b));
+        assert_eq!(locks(&repo), 0);
+        let gc = RepoLock::acquire(&repo, LockKind::Exclusive, "gc").unwrap();
+        let err = RepoLock::acquire(&repo, LockKind::Shared, "backup").unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Locked { holder } if holder.contains("gc")),
+            "{err}"
+        );
+        gc.check().unwrap();
+    }
+
+    #[test]
+    fn a_lock_of_a_dead_process_on_this_host_is_stale_and_gc_removes_it() {
+        let repo = repo();
+        // A pid that surely exited: a child we waited for.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        let info = LockInfo {
+            kind: LockKind::Shared,
+            operation: "backup".into(),
+            hostname: crate::backup::hostname(),
+            pid: dead_pid,
+            created_unix: 0,
+        };
+        let key = lock_key("dead");
+        repo.sink()
+            .put(&key, &serde_json::to_vec(&info).unwrap(), PutMode::Create)
+            .unwrap();
+        let gc = RepoLock::acquire(&repo, LockKind::Exclusive, "gc").unwrap();
+        assert!(matches!(
+            repo.sink().head(&key),
+            Err(SinkError::NotFound { .. })
+        ));
+        drop(gc);
+    }
+
+    #[test]
+    fn a_live_lock_of_another_host_blocks_gc() {
+        let repo = repo();
+        let info = LockInfo {
+            kind: LockKind::Shared,
+            operation: "backup".into(),
+            hostname: "some-other-hypervisor".into(),
+            pid: 1,
+            created_unix: 0,
+        };
+        let key = lock_key("other");
+        repo.sink()
+            .put(&key, &serde_json::to_vec(&info).unwrap(), PutMode::Create)
+            .unwrap();
+        let err = RepoLock::acquire(&repo, LockKind::Exclusive, "gc").unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Locked { holder } if holder.contains("some-other-hypervisor")),
+            "{err}"
+        );
+        // Garbage in a lock object is treated as an exclusive lock: nothing gets past it.
+        repo.sink().delete(&key).unwrap();
+        repo.sink()
+            .put(&lock_key("junk"), b"not json", PutMode::Create)
+            .unwrap();
+        assert!(RepoLock::acquire(&repo, LockKind::Shared, "backup").is_err());
+    }
+
+    #[test]
+    fn old_locks_are_stale_by_the_sinks_clock() {
+        let now = SystemTime::now();
+        let old = now - STALE_AFTER - Duration::from_secs(1);
+        let fresh = now - STALE_AFTER + Duration::from_secs(60);
+        let other_host = LockInfo {
+            kind: LockKind::Shared,
+            operation: "backup".into(),
+            hostname: "elsewhere".into(),
+            pid: 1,
+            created_unix: 0,
+        };
+        assert!(is_stale(Some(&other_host), old, now));
+        assert!(!is_stale(Some(&other_host), fresh, now));
+        assert!(is_stale(None, old, now));
+        assert!(!is_stale(None, fresh, now));
+    }
+
+    #[test]
+    fn a_removed_lock_is_noticed_by_check() {
+        let repo = repo();
+        let lock = RepoLock::acquire(&repo, LockKind::Shared, "backup").unwrap();
+        lock.check().unwrap();
+        repo.sink().delete(&lock.key).unwrap();
+        assert!(matches!(lock.check(), Err(EngineError::LockLost)));
+    }
+}

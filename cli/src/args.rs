@@ -246,6 +246,17 @@ pub struct VerifyArgs {
     /// Read, decode and re-hash every referenced chunk (default: check presence only).
     #[arg(long)]
     pub read_data: bool,
+    /// With --read-data: read only about PERCENT % of the referenced chunks (0 < PERCENT <= 100),
+    /// a different random sample each run unless --sample-seed repeats one.
+    #[arg(long, requires = "read_data", value_name = "PERCENT")]
+    pub sample: Option<f64>,
+    /// The seed that picks the sample (printed by every sampled run).
+    #[arg(long, requires = "sample", value_name = "N")]
+    pub sample_seed: Option<u64>,
+    /// With --read-data: move each corrupt chunk to quarantine/ (its bytes are kept), so the
+    /// next backup of the same data stores a good copy again.
+    #[arg(long, requires = "read_data")]
+    pub quarantine: bool,
     /// Concurrent chunk reads with --read-data.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub threads: usize,

@@ -373,3 +373,57 @@ fn backup_under_a_new_name_stores_a_missing_chunk_again() {
     d.fx.restore_ok(&d.sid, &target);
     assert_same_file(&d.image, &target);
 }
+
+#[test]
+fn quarantine_moves_a_corrupt_chunk_aside_and_the_next_backup_heals_it() {
+    let d = setup();
+    xor_byte(&d.victim_path(), 40, 0x10);
+    let damaged = std::fs::read(d.victim_path()).unwrap();
+    let report = d.verify(&["--read-data", "--quarantine"], EXIT_DAMAGED);
+    assert_eq!(
+        report["quarantined"],
+        json!([d.victim.as_str()]),
+        "{report:#}"
+    );
+    d.assert_victim(&report["problems"][0], "chunk_corrupt");
+    let kept = d.fx.repo.join("quarantine").join(&d.victim);
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        damaged,
+        "the damaged bytes are kept"
+    );
+    assert_eq!(mode(&kept), 0o600);
+    assert!(!d.victim_path().exists());
+    // Now missing: presence-only verify sees it, restore refuses it.
+    d.assert_victim(&d.only_problem(&[]), "chunk_missing");
+    d.restore_refused_for_victim("missing");
+
+    let healed = d.fx.backup(&d.image, &[]);
+    assert_eq!(num(&healed, "chunks_new"), 1, "{healed:#}");
+    d.verify(&["--read-data"], 0);
+    let target = d.fx.dir("out").join("healed.img");
+    d.fx.restore_ok(&d.sid, &target);
+    assert_same_file(&d.image, &target);
+}
+
+#[test]
+fn sampled_verify_reads_part_of_the_chunks_and_says_how_to_repeat() {
+    let d = setup();
+    let all = d.verify(&["--read-data", "--sample", "100"], 0);
+    assert_eq!(num(&all, "chunks_read"), 4);
+    assert_eq!(all["sample_percent"], 100.0);
+    let seed = num(&all, "sample_seed").to_string();
+    let again = d.verify(
+        &["--read-data", "--sample", "30", "--sample-seed", &seed],
+        0,
+    );
+    let repeat = d.verify(
+        &["--read-data", "--sample", "30", "--sample-seed", &seed],
+        0,
+    );
+    assert_eq!(again["chunks_read"], repeat["chunks_read"]);
+    d.fx.verify(&["--read-data", "--sample", "0"])
+        .error_line(&["sample percentage 0"]);
+    d.fx.verify(&["--sample", "10"]).code(2);
+    d.fx.verify(&["--quarantine"]).code(2);
+}

@@ -317,7 +317,8 @@ fn check_options(disks: &[DiskSource], options: &BackupOptions) -> Result<(), En
     Ok(())
 }
 
-/// Ids stored by the most recent snapshot named `name`: known present without asking the sink.
+/// Ids stored by the most recent snapshot named `name`: known present without asking the sink
+/// (less any quarantined by verify).
 fn known_chunks(repo: &Repository, name: &str) -> Result<HashSet<ChunkId>, EngineError> {
     let Some(id) = repo.latest_snapshot_named(name)? else {
         return Ok(HashSet::new());
@@ -329,12 +330,14 @@ fn known_chunks(repo: &Repository, name: &str) -> Result<HashSet<ChunkId>, Engin
             return Ok(HashSet::new());
         }
     };
+    // A quarantined chunk was removed for damage: offer it again so a good copy is stored.
+    let quarantined = crate::verify::quarantined_ids(repo)?;
     Ok(snapshot
         .manifest
         .indexes
         .iter()
         .flatten()
-        .filter(|id| !id.is_zero_mark())
+        .filter(|id| !id.is_zero_mark() && !quarantined.contains(id))
         .copied()
         .collect())
 }

@@ -19,6 +19,7 @@
 //! | `config` | JSON [`config::RepoConfig`]: format name, version 1, default chunk size, hash `blake3`, compression `zstd` | once, by `init`, put-if-absent |
 //! | `chunks/<hh>/<id>` | one chunk object ([`chunk_codec`]): magic `FRYC`, version, codec, raw length, payload | by backups, put-if-absent, never modified |
 //! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version, JSON metadata, per-disk index of chunk ids, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
+//! | `quarantine/<id>` | the bytes of a chunk object `verify --quarantine` found corrupt, kept for inspection | by verify, before it removes `chunks/…/<id>`; never read by restore |
 //! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
 //!
 //! `<id>` is the 64-hex BLAKE3 of the chunk's raw bytes and `<hh>` its first two digits.
@@ -53,6 +54,7 @@
 //! | backup | shared | backup, restore, verify, list, forget | only adds objects, with put-if-absent |
 //! | restore, verify, list | none | anything | read only |
 //! | forget | none | anything | deletes manifests only, never a chunk |
+//! | verify --quarantine | none | anything | moves only chunks that fail their hash; a backup meanwhile may name such a chunk (missing now instead of corrupt), and the next backup of its data stores it again |
 //! | gc | exclusive | restore, verify, list, forget | deletes chunks no manifest names; no backup is running |
 //!
 //! A backup relies on three kinds of chunks: those it uploads, those put-if-absent finds

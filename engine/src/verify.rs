@@ -2,8 +2,14 @@
 //!
 //! Without `read_data`, checks that every manifest decodes and every chunk it names is present
 //! (one listing of `chunks/`, not one request per chunk). With `read_data`, also fetches every
-//! referenced chunk once, decodes it and re-hashes it against its id. Every problem is
-//! reported, none stops the check.
+//! referenced chunk once (or a random sample of them), decodes it and re-hashes it against its
+//! id. Every problem is reported, none stops the check.
+//!
+//! Quarantine (asked for with [`ReadData::quarantine`]): a chunk whose bytes do not decode or
+//! hash to its id is copied to `quarantine/<id>` and then removed from `chunks/`, so the next
+//! backup that reads the same data stores a good copy again (backups never take a quarantined
+//! id as known). The damaged bytes are kept, never destroyed, for inspection. A chunk that
+//! cannot be read at all is reported but left where it is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -84,6 +90,13 @@ pub struct VerifyReport {
     /// Chunks whose content was read and re-hashed (0 without `read_data`).
     pub chunks_read: u64,
     pub read_data: bool,
+    /// The sample's percentage and seed, when only a sample was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_seed: Option<u64>,
+    /// Corrupt chunks moved to `quarantine/` by this run.
+    pub quarantined: Vec<String>,
     pub problems: Vec<Problem>,
     pub seconds: f64,
 }
@@ -91,6 +104,50 @@ pub struct VerifyReport {
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+/// Prefix of quarantined chunk objects: `quarantine/<64 hex>`.
+pub const QUARANTINE_PREFIX: &str = "quarantine/";
+
+/// How much chunk data [`verify`] reads. `false`/`true` convert to "none"/"all".
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReadData {
+    /// Read and re-hash chunks at all.
+    pub enabled: bool,
+    /// Read only about this percentage (0 < p <= 100) of the referenced chunks, chosen by
+    /// `seed`; `None` reads them all.
+    pub sample_percent: Option<f64>,
+    /// Chooses the sample: the same seed picks the same chunks.
+    pub seed: u64,
+    /// Quarantine chunks found corrupt (see the module docs).
+    pub quarantine: bool,
+}
+
+impl From<bool> for ReadData {
+    fn from(enabled: bool) -> ReadData {
+        ReadData {
+            enabled,
+            ..ReadData::default()
+        }
+    }
+}
+
+impl ReadData {
+    /// Whether the sample includes `id`: a hash of the id and the seed, uniform over ids.
+    fn samples(&self, id: &ChunkId) -> bool {
+        let Some(percent) = self.sample_percent else {
+            return true;
+        };
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.seed.to_le_bytes());
+        hasher.update(id.as_bytes());
+        let draw = u64::from_le_bytes(
+            hasher.finalize().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        (draw as f64 / u64::MAX as f64) * 100.0 < percent
     }
 }
 
@@ -109,10 +166,18 @@ struct Reference {
 pub fn verify(
     repo: &Repository,
     snapshot: Option<&str>,
-    read_data: bool,
+    read_data: impl Into<ReadData>,
     threads: usize,
     progress: &dyn Progress,
 ) -> Result<VerifyReport, EngineError> {
+    let read = read_data.into();
+    if let Some(p) = read.sample_percent
+        && !(p > 0.0 && p <= 100.0)
+    {
+        return Err(EngineError::InvalidOption(format!(
+            "sample percentage {p} is outside (0, 100]"
+        )));
+    }
     let started = Instant::now();
     let ids = match snapshot {
         Some(id) => vec![id.to_owned()],
@@ -180,20 +245,28 @@ pub fn verify(
         }
     }
     let mut chunks_read = 0;
-    if read_data {
+    let mut quarantined = Vec::new();
+    if read.enabled {
+        present.retain(|(id, _)| read.samples(id));
         let total: u64 = present.iter().map(|(_, r)| r.len as u64).sum();
-        progress.start_disk("all chunks", total);
-        let found = read_all(repo, present, threads, progress)?;
+        progress.start_disk("chunks", total);
+        let found = read_all(repo, present, threads, read.quarantine, progress)?;
         chunks_read = found.checked;
         problems.extend(found.problems);
-        progress.finish_disk("all chunks");
+        quarantined = found.quarantined;
+        progress.finish_disk("chunks");
     }
     problems.sort();
+    quarantined.sort();
+    let sampled = read.enabled && read.sample_percent.is_some();
     Ok(VerifyReport {
         snapshots_checked: ids.len() as u64,
         chunks_referenced: references.len() as u64,
         chunks_read,
-        read_data,
+        read_data: read.enabled,
+        sample_percent: read.sample_percent.filter(|_| sampled),
+        sample_seed: sampled.then_some(read.seed),
+        quarantined,
         problems,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -213,6 +286,7 @@ fn stored_chunks(repo: &Repository) -> Result<HashSet<ChunkId>, EngineError> {
 struct ReadFindings {
     checked: u64,
     problems: Vec<Problem>,
+    quarantined: Vec<String>,
 }
 
 /// Fetches and re-hashes every chunk in `chunks` on `threads` threads.
@@ -220,12 +294,14 @@ fn read_all(
     repo: &Repository,
     chunks: Vec<(ChunkId, Reference)>,
     threads: usize,
+    quarantine: bool,
     progress: &dyn Progress,
 ) -> Result<ReadFindings, EngineError> {
     let (job_tx, job_rx) = bounded::<(ChunkId, Reference)>(threads * 2);
     let findings = Mutex::new(ReadFindings {
         checked: 0,
         problems: Vec::new(),
+        quarantined: Vec::new(),
     });
     let fatal: Mutex<Option<EngineError>> = Mutex::new(None);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<u64>();
@@ -236,13 +312,15 @@ fn read_all(
             scope.spawn(move || {
                 let mut decoder = ChunkDecoder::new();
                 for (id, r) in job_rx {
-                    match check_chunk(repo, &id, &r, &mut decoder) {
+                    match check_chunk(repo, &id, &r, &mut decoder, quarantine) {
                         Ok(None) => {}
-                        Ok(Some(problem)) => findings
-                            .lock()
-                            .expect("findings lock")
-                            .problems
-                            .push(problem),
+                        Ok(Some((problem, moved))) => {
+                            let mut findings = findings.lock().expect("findings lock");
+                            findings.problems.push(problem);
+                            if moved {
+                                findings.quarantined.push(id.to_hex());
+                            }
+                        }
                         Err(e) => {
                             fatal.lock().expect("fatal lock").get_or_insert(e);
                             return;
@@ -271,13 +349,14 @@ fn read_all(
     Ok(findings.into_inner().expect("findings lock"))
 }
 
-/// `Ok(Some)` for a damaged chunk, `Err` when the sink itself fails.
+/// `Ok(Some((problem, quarantined)))` for a damaged chunk, `Err` when the sink itself fails.
 fn check_chunk(
     repo: &Repository,
     id: &ChunkId,
     r: &Reference,
     decoder: &mut ChunkDecoder,
-) -> Result<Option<Problem>, EngineError> {
+    quarantine: bool,
+) -> Result<Option<(Problem, bool)>, EngineError> {
     let missing = || Problem::ChunkMissing {
         chunk: id.to_hex(),
         snapshot: r.snapshot.clone(),
@@ -287,19 +366,20 @@ fn check_chunk(
     };
     let object = match repo.sink().get(&Repository::chunk_key(id)) {
         Ok(object) => object,
-        Err(SinkError::NotFound { .. }) => return Ok(Some(missing())),
+        Err(SinkError::NotFound { .. }) => return Ok(Some((missing(), false))),
         // A transient failure says nothing about the chunk; stop rather than guess.
         Err(e) if e.retry() == ferry_sinks::Retry::Transient => return Err(e.into()),
         // Unreadable (EIO, permissions): the chunk cannot be restored, so it is damaged.
         Err(e) => {
-            return Ok(Some(Problem::ChunkCorrupt {
+            let problem = Problem::ChunkCorrupt {
                 chunk: id.to_hex(),
                 snapshot: r.snapshot.clone(),
                 disk: r.disk.clone(),
                 offset: r.offset,
                 references: r.count,
                 reason: format!("unreadable: {e}"),
-            }));
+            };
+            return Ok(Some((problem, false)));
         }
     };
     let reason = match decoder.decode(&object, id, r.max_len) {
@@ -311,12 +391,45 @@ fn check_chunk(
         .to_string(),
         Err(e) => e.to_string(),
     };
-    Ok(Some(Problem::ChunkCorrupt {
+    let moved = quarantine && quarantine_chunk(repo, id, &object)?;
+    let problem = Problem::ChunkCorrupt {
         chunk: id.to_hex(),
         snapshot: r.snapshot.clone(),
         disk: r.disk.clone(),
         offset: r.offset,
         references: r.count,
         reason,
-    }))
+    };
+    Ok(Some((problem, moved)))
+}
+
+/// Copies a corrupt chunk object to `quarantine/<id>`, then removes it from `chunks/`. The
+/// copy is durable before the removal, so the damaged bytes are never lost.
+fn quarantine_chunk(repo: &Repository, id: &ChunkId, object: &[u8]) -> Result<bool, EngineError> {
+    repo.sink()
+        .put(&quarantine_key(id), object, ferry_sinks::PutMode::Overwrite)?;
+    repo.sink().delete(&Repository::chunk_key(id))?;
+    Ok(true)
+}
+
+fn quarantine_key(id: &ChunkId) -> ferry_sinks::ObjectKey {
+    ferry_sinks::ObjectKey::new(format!("{QUARANTINE_PREFIX}{}", id.to_hex()))
+        .expect("quarantine keys are valid")
+}
+
+/// Ids of quarantined chunks: a backup must not take them as stored.
+pub fn quarantined_ids(repo: &Repository) -> Result<HashSet<ChunkId>, EngineError> {
+    let mut ids = HashSet::new();
+    for meta in repo.sink().list(QUARANTINE_PREFIX)? {
+        let meta = meta?;
+        if let Some(id) = meta
+            .key
+            .as_str()
+            .strip_prefix(QUARANTINE_PREFIX)
+            .and_then(|hex| ChunkId::from_hex(hex).ok())
+        {
+            ids.insert(id);
+        }
+    }
+    Ok(ids)
 }

@@ -10,7 +10,7 @@ use ferry_engine::gc::gc;
 use ferry_engine::reader::ReaderMode;
 use ferry_engine::repository::{CHUNKS_PREFIX, SNAPSHOTS_PREFIX};
 use ferry_engine::restore::{RestoreOptions, restore_disk};
-use ferry_engine::verify::{Problem, verify};
+use ferry_engine::verify::{Problem, QUARANTINE_PREFIX, ReadData, verify};
 use ferry_engine::{EngineError, NoProgress, Repository};
 use ferry_sinks::fault::{FailAfter, FlipBitOnRead, StallPuts};
 use ferry_sinks::memory::MemorySink;
@@ -512,4 +512,112 @@ fn gc_refuses_while_a_manifest_is_unreadable() {
         "{err}"
     );
     assert_eq!(chunk_count(&*memory), before);
+}
+
+/// verify --quarantine moves a corrupt chunk aside (keeping its bytes); the next backup of the
+/// same data stores a good copy, and the repository verifies clean again.
+#[test]
+fn quarantined_chunk_is_stored_again_by_the_next_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let image = write_image(dir.path(), "a.img", 50);
+    let disk = [DiskSource::new("a", image.clone())];
+    backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    // Rot one stored chunk.
+    let victim = memory
+        .list(CHUNKS_PREFIX)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .key;
+    let mut bytes = memory.get(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    memory
+        .put(&victim, &bytes, ferry_sinks::PutMode::Overwrite)
+        .unwrap();
+
+    let quarantine = ReadData {
+        quarantine: true,
+        ..ReadData::from(true)
+    };
+    let found = verify(&repo, None, quarantine, 2, &NoProgress).unwrap();
+    assert!(
+        matches!(found.problems.as_slice(), [Problem::ChunkCorrupt { .. }]),
+        "{found:?}"
+    );
+    assert_eq!(found.quarantined.len(), 1);
+    let kept = ObjectKey::new(format!("{QUARANTINE_PREFIX}{}", found.quarantined[0])).unwrap();
+    assert_eq!(
+        memory.get(&kept).unwrap(),
+        bytes,
+        "the damaged bytes are kept"
+    );
+    assert!(
+        memory.head(&victim).is_err(),
+        "the corrupt chunk is still in chunks/"
+    );
+    // Now it is missing, which even a presence check sees.
+    let missing = verify(&repo, None, false, 2, &NoProgress).unwrap();
+    assert!(matches!(
+        missing.problems.as_slice(),
+        [Problem::ChunkMissing { .. }]
+    ));
+
+    let healed = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(
+        healed.counts.chunks_new, 1,
+        "the quarantined chunk is stored again"
+    );
+    // The older snapshot names the same id, so it is whole again too.
+    assert!(
+        verify(&repo, None, true, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+    assert_restores_to(&repo, &healed.snapshot, &image);
+}
+
+/// A sample reads a seed-determined subset; 100 % reads everything; bad percentages are refused.
+#[test]
+fn sampled_verify_reads_a_repeatable_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = new_repo(Arc::new(MemorySink::new()));
+    let path = dir.path().join("many.img");
+    std::fs::write(&path, noise(7, 200 * CHUNK as usize)).unwrap();
+    backup(
+        &repo,
+        &[DiskSource::new("m", path)],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    let sample = |percent: f64, seed: u64| ReadData {
+        sample_percent: Some(percent),
+        seed,
+        ..ReadData::from(true)
+    };
+    let read = |plan: ReadData| verify(&repo, None, plan, 2, &NoProgress).unwrap();
+    let all = read(sample(100.0, 1));
+    assert_eq!((all.chunks_referenced, all.chunks_read), (200, 200));
+    let ten = read(sample(10.0, 1));
+    assert!(
+        (5..=40).contains(&ten.chunks_read),
+        "{} of 200 read",
+        ten.chunks_read
+    );
+    assert_eq!(
+        read(sample(10.0, 1)).chunks_read,
+        ten.chunks_read,
+        "same seed, same sample"
+    );
+    assert_eq!((ten.sample_percent, ten.sample_seed), (Some(10.0), Some(1)));
+    for bad in [0.0, -1.0, 100.5, f64::NAN] {
+        assert!(
+            verify(&repo, None, sample(bad, 1), 2, &NoProgress).is_err(),
+            "{bad}"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ferry_engine::verify::ReadData;
 use ferry_engine::{EngineError, verify};
 
 use crate::EXIT_DAMAGED;
@@ -19,10 +20,16 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         Some(Err(EngineError::Manifest { snapshot, .. })) => Some(snapshot),
         Some(Err(e)) => return Err(e.into()),
     };
+    let read = ReadData {
+        enabled: args.read_data,
+        sample_percent: args.sample,
+        seed: args.sample_seed.unwrap_or_else(rand::random),
+        quarantine: args.quarantine,
+    };
     let report = verify(
         &repo,
         snapshot.as_deref(),
-        args.read_data,
+        read,
         args.threads.max(1),
         &Bar::new(args.json),
     )?;
@@ -33,6 +40,16 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
     } else {
         for problem in &report.problems {
             println!("{problem}");
+        }
+        for id in &report.quarantined {
+            println!(
+                "quarantined chunk {id} (kept as quarantine/{id}; the next backup of its data stores it again)"
+            );
+        }
+        if let (Some(percent), Some(seed)) = (report.sample_percent, report.sample_seed) {
+            println!(
+                "sampled {percent} % of the chunks (--sample-seed {seed} repeats this sample)"
+            );
         }
         println!(
             "{}: {} snapshots, {} chunks referenced, {} read and re-hashed, {} problems",

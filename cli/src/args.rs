@@ -253,9 +253,9 @@ pub struct VerifyArgs {
     /// The seed that picks the sample (printed by every sampled run).
     #[arg(long, requires = "sample", value_name = "N")]
     pub sample_seed: Option<u64>,
-    /// With --read-data: move each corrupt chunk to quarantine/ (its bytes are kept), so the
-    /// next backup of the same data stores a good copy again.
-    #[arg(long, requires = "read_data")]
+    /// Move each corrupt chunk (found with --read-data) to quarantine/, keeping its bytes, and
+    /// mark each missing one there, so the next backup of the same data stores it again.
+    #[arg(long)]
     pub quarantine: bool,
     /// Concurrent chunk reads with --read-data.
     #[arg(long, default_value_t = 8, value_name = "N")]

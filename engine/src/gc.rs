@@ -6,7 +6,8 @@
 //! released the lock. Mark: every manifest is read and its index collected; gc refuses to run
 //! when a manifest cannot be read, since the chunks it needs would be unknown. Sweep: every
 //! object under `chunks/` whose id is not marked is deleted, from a few threads; objects under
-//! `chunks/` that are not chunk objects are left alone. A gc killed at any point leaves a
+//! `chunks/` that are not chunk objects are left alone. Quarantine entries (see
+//! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared. A gc killed at any point leaves a
 //! repository whose snapshots are all complete (it only deletes unreferenced chunks) and whose
 //! lock goes stale; the next gc finishes the job.
 
@@ -21,6 +22,7 @@ use crate::chunk_id::ChunkId;
 use crate::error::EngineError;
 use crate::lock::{LockKind, RepoLock};
 use crate::repository::{CHUNKS_PREFIX, Repository};
+use crate::verify::QUARANTINE_PREFIX;
 
 /// Threads deleting at once (requests in flight against a remote store).
 const DELETERS: usize = 8;
@@ -37,6 +39,8 @@ pub struct GcReport {
     /// Unreferenced chunk objects deleted (with `dry_run`: that would be deleted).
     pub chunks_deleted: u64,
     pub bytes_freed: u64,
+    /// Quarantine entries cleared: their chunk is stored again, or no snapshot needs it.
+    pub quarantine_cleared: u64,
 }
 
 /// Deletes every unreferenced chunk of `repo` (with `dry_run`, only counts them).
@@ -65,11 +69,13 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
         ..GcReport::default()
     };
     let mut doomed: Vec<ObjectMeta> = Vec::new();
+    let mut stored = HashSet::new();
     for meta in repo.sink().list(CHUNKS_PREFIX)? {
         let meta = meta?;
         let Some(id) = Repository::chunk_id_of_key(meta.key.as_str()) else {
             continue;
         };
+        stored.insert(id);
         report.chunks_total += 1;
         if referenced.contains(&id) {
             report.chunks_referenced += 1;
@@ -79,16 +85,42 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     }
     report.chunks_deleted = doomed.len() as u64;
     report.bytes_freed = doomed.iter().map(|m| m.size).sum();
-    if dry_run || doomed.is_empty() {
+    let doomed_ids: HashSet<ChunkId> = doomed
+        .iter()
+        .filter_map(|m| Repository::chunk_id_of_key(m.key.as_str()))
+        .collect();
+    // A quarantine entry is done with once its chunk is stored (and kept) again, or unneeded.
+    let mut cleared = Vec::new();
+    for meta in repo.sink().list(QUARANTINE_PREFIX)? {
+        let meta = meta?;
+        let Some(id) = meta
+            .key
+            .as_str()
+            .strip_prefix(QUARANTINE_PREFIX)
+            .and_then(|hex| ChunkId::from_hex(hex).ok())
+        else {
+            continue;
+        };
+        let healed = stored.contains(&id) && !doomed_ids.contains(&id);
+        if healed || !referenced.contains(&id) {
+            cleared.push(meta);
+        }
+    }
+    report.quarantine_cleared = cleared.len() as u64;
+    if dry_run {
         return Ok(report);
     }
     lock.check()?;
     delete_all(repo, &doomed)?;
+    delete_all(repo, &cleared)?;
     Ok(report)
 }
 
 /// Deletes `objects` from [`DELETERS`] threads; the first error is returned after all stop.
 fn delete_all(repo: &Repository, objects: &[ObjectMeta]) -> Result<(), EngineError> {
+    if objects.is_empty() {
+        return Ok(());
+    }
     let next = AtomicU64::new(0);
     let failure = Mutex::new(None);
     std::thread::scope(|scope| {

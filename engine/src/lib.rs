@@ -19,7 +19,7 @@
 //! | `config` | JSON [`config::RepoConfig`]: format name, version 1, default chunk size, hash `blake3`, compression `zstd` | once, by `init`, put-if-absent |
 //! | `chunks/<hh>/<id>` | one chunk object ([`chunk_codec`]): magic `FRYC`, version, codec, raw length, payload | by backups, put-if-absent, never modified |
 //! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version, JSON metadata, per-disk index of chunk ids, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
-//! | `quarantine/<id>` | the bytes of a chunk object `verify --quarantine` found corrupt, kept for inspection | by verify, before it removes `chunks/…/<id>`; never read by restore |
+//! | `quarantine/<id>` | the bytes of a chunk object `verify --quarantine` found corrupt (empty: found missing), kept for inspection | by verify, before it removes `chunks/…/<id>`; cleared by gc once the chunk is stored again; never read by restore |
 //! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
 //!
 //! `<id>` is the 64-hex BLAKE3 of the chunk's raw bytes and `<hh>` its first two digits.

@@ -6,10 +6,12 @@
 //! id. Every problem is reported, none stops the check.
 //!
 //! Quarantine (asked for with [`ReadData::quarantine`]): a chunk whose bytes do not decode or
-//! hash to its id is copied to `quarantine/<id>` and then removed from `chunks/`, so the next
-//! backup that reads the same data stores a good copy again (backups never take a quarantined
-//! id as known). The damaged bytes are kept, never destroyed, for inspection. A chunk that
-//! cannot be read at all is reported but left where it is.
+//! hash to its id is copied to `quarantine/<id>` and then removed from `chunks/`; a referenced
+//! chunk that is missing gets an empty `quarantine/<id>`. Backups never take a quarantined id as
+//! known, so the next backup that reads the same data stores a good copy again. The damaged
+//! bytes are kept, never destroyed, for inspection, until gc finds the chunk stored again (or
+//! no longer needed) and clears its quarantine entry. A chunk that cannot be read at all is
+//! reported but left where it is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -95,7 +97,7 @@ pub struct VerifyReport {
     pub sample_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sample_seed: Option<u64>,
-    /// Corrupt chunks moved to `quarantine/` by this run.
+    /// Chunks this run quarantined: corrupt ones moved to `quarantine/`, missing ones marked.
     pub quarantined: Vec<String>,
     pub problems: Vec<Problem>,
     pub seconds: f64,
@@ -231,10 +233,15 @@ pub fn verify(
 
     let stored = stored_chunks(repo)?;
     let mut present = Vec::new();
+    let mut quarantined = Vec::new();
     for (id, r) in &references {
         if stored.contains(id) {
             present.push((*id, r.clone()));
         } else {
+            if read.quarantine {
+                mark_missing(repo, id)?;
+                quarantined.push(id.to_hex());
+            }
             problems.push(Problem::ChunkMissing {
                 chunk: id.to_hex(),
                 snapshot: r.snapshot.clone(),
@@ -245,7 +252,6 @@ pub fn verify(
         }
     }
     let mut chunks_read = 0;
-    let mut quarantined = Vec::new();
     if read.enabled {
         present.retain(|(id, _)| read.samples(id));
         let total: u64 = present.iter().map(|(_, r)| r.len as u64).sum();
@@ -253,7 +259,7 @@ pub fn verify(
         let found = read_all(repo, present, threads, read.quarantine, progress)?;
         chunks_read = found.checked;
         problems.extend(found.problems);
-        quarantined = found.quarantined;
+        quarantined.extend(found.quarantined);
         progress.finish_disk("chunks");
     }
     problems.sort();
@@ -412,7 +418,14 @@ fn quarantine_chunk(repo: &Repository, id: &ChunkId, object: &[u8]) -> Result<bo
     Ok(true)
 }
 
-fn quarantine_key(id: &ChunkId) -> ferry_sinks::ObjectKey {
+/// Records a missing chunk in the quarantine (an empty object), so backups offer it again.
+fn mark_missing(repo: &Repository, id: &ChunkId) -> Result<(), EngineError> {
+    repo.sink()
+        .put(&quarantine_key(id), &[], ferry_sinks::PutMode::Create)?;
+    Ok(())
+}
+
+pub(crate) fn quarantine_key(id: &ChunkId) -> ferry_sinks::ObjectKey {
     ferry_sinks::ObjectKey::new(format!("{QUARANTINE_PREFIX}{}", id.to_hex()))
         .expect("quarantine keys are valid")
 }

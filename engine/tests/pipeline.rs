@@ -578,6 +578,49 @@ fn quarantined_chunk_is_stored_again_by_the_next_backup() {
             .is_clean()
     );
     assert_restores_to(&repo, &healed.snapshot, &image);
+    // Healed: gc clears the quarantine entry.
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!((swept.chunks_deleted, swept.quarantine_cleared), (0, 1));
+    assert!(memory.list(QUARANTINE_PREFIX).unwrap().next().is_none());
+}
+
+/// A referenced chunk that vanished is marked in the quarantine by verify --quarantine, so the
+/// next backup stores it again even though the last snapshot names it.
+#[test]
+fn quarantined_missing_chunk_is_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let image = write_image(dir.path(), "a.img", 60);
+    let disk = [DiskSource::new("a", image.clone())];
+    backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    let victim = memory
+        .list(CHUNKS_PREFIX)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .key;
+    memory.delete(&victim).unwrap();
+    let quarantine = ReadData {
+        quarantine: true,
+        ..ReadData::from(false)
+    };
+    let found = verify(&repo, None, quarantine, 2, &NoProgress).unwrap();
+    assert!(matches!(
+        found.problems.as_slice(),
+        [Problem::ChunkMissing { .. }]
+    ));
+    assert_eq!(found.quarantined.len(), 1);
+    // Without the mark the next backup would trust the last snapshot and store nothing.
+    let healed = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(healed.counts.chunks_new, 1);
+    assert!(
+        verify(&repo, None, true, 2, &NoProgress)
+            .unwrap()
+            .is_clean()
+    );
+    assert_eq!(gc(&repo, false).unwrap().quarantine_cleared, 1);
 }
 
 /// A sample reads a seed-determined subset; 100 % reads everything; bad percentages are refused.

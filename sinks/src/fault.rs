@@ -3,6 +3,8 @@
 //!
 //! - [`FailAfter`]: the first N mutating operations succeed, every later one fails.
 //! - [`FlipBitOnRead`]: reads return the stored data with one bit flipped.
+//! - [`StallPuts`]: puts wait at a gate, counted, until the test opens it.
+//! - [`KillAfter`]: the process dies by SIGKILL right after its Nth mutation (crash tests).
 //! - [`StallPuts`]: puts block until the test opens a gate; counts puts in flight.
 
 use std::fmt;
@@ -80,6 +82,74 @@ impl Sink for FailAfter {
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         self.admit("delete", key)?;
         self.inner.delete(key)
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Kills this process with SIGKILL right after its `n`th mutating operation (put or delete,
+/// whatever its outcome) returns: a crash at an exact, repeatable point of a run, for the
+/// CLI's crash-safety tests (`FERRY_TEST_KILL_AFTER_MUTATIONS`). Reads pass through.
+///
+/// The kill comes after the inner sink returned, so it models a crash between two steps:
+/// point `n` is "after mutation `n`, before mutation `n + 1`".
+#[derive(Debug)]
+pub struct KillAfter {
+    inner: Arc<dyn Sink>,
+    n: u64,
+    done: AtomicU64,
+}
+
+impl KillAfter {
+    pub fn new(inner: Arc<dyn Sink>, n: u64) -> Self {
+        KillAfter {
+            inner,
+            n,
+            done: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self) {
+        if self.done.fetch_add(1, Ordering::SeqCst) + 1 == self.n {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+            // SIGKILL cannot be caught; nothing runs past this point.
+            std::process::abort();
+        }
+    }
+}
+
+impl Sink for KillAfter {
+    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
+        let result = self.inner.put(key, data, mode);
+        self.count();
+        result
+    }
+
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
+        self.inner.get(key)
+    }
+
+    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
+        self.inner.get_range(key, start, end)
+    }
+
+    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
+        self.inner.head(key)
+    }
+
+    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
+        let result = self.inner.delete(key);
+        self.count();
+        result
     }
 
     fn location(&self) -> String {

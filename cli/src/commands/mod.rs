@@ -19,11 +19,22 @@ use serde::Serialize;
 use crate::args::RepoArg;
 use crate::repo_url::RepoUrl;
 
+/// Test hook: `FERRY_TEST_KILL_AFTER_MUTATIONS=N` makes the process die by SIGKILL right
+/// after its Nth put or delete on the repository, so crash-safety tests can stop a backup or a
+/// gc at an exact point. Unset (always, outside tests), the sink is used as it is.
+const KILL_AFTER_VAR: &str = "FERRY_TEST_KILL_AFTER_MUTATIONS";
+
 /// Opens the repository named by `--repo`/`FERRY_REPO`.
 pub fn open_repo(arg: &RepoArg) -> Result<Repository> {
     let context = || format!("cannot open repository {}", arg.repo);
     let url = RepoUrl::parse(&arg.repo)?;
-    let sink = url.open().with_context(context)?;
+    let mut sink = url.open().with_context(context)?;
+    if let Some(n) = std::env::var(KILL_AFTER_VAR).ok().filter(|v| !v.is_empty()) {
+        let n = n
+            .parse()
+            .with_context(|| format!("{KILL_AFTER_VAR}={n} is not a count"))?;
+        sink = std::sync::Arc::new(ferry_sinks::fault::KillAfter::new(sink, n));
+    }
     Repository::open(sink).with_context(context)
 }
 

@@ -30,7 +30,7 @@ use crate::chunk_codec::ChunkEncoder;
 use crate::chunk_id::{ChunkId, is_all_zero};
 use crate::digest::ImageDigest;
 use crate::error::EngineError;
-use crate::lock::{LockKind, RepoLock};
+use crate::lock::RepoLock;
 use crate::manifest::{DiskMeta, Manifest, SnapshotMeta, check_disk_name};
 use crate::progress::Progress;
 use crate::reader::{
@@ -213,7 +213,13 @@ pub fn copy(
     let started_unix = unix_now();
     check_options(disks, options)?;
     // Before the known ids are read: gc cannot delete what they name while the lock is held.
-    let lock = RepoLock::acquire(repo, LockKind::Shared, "backup")?;
+    let (lock, resumes) = RepoLock::acquire_backup(repo, &options.name)?;
+    if resumes {
+        log::info!(
+            "a backup of {} was interrupted (or runs): chunks are checked before they are stored",
+            options.name
+        );
+    }
     let known = known_chunks(repo, &options.name)?;
     let claimed = Mutex::new(HashSet::new());
     let mut total = BackupCounts::default();
@@ -228,6 +234,7 @@ pub fn copy(
             options,
             known: &known,
             claimed: &claimed,
+            check_stored: resumes,
             progress,
         };
         let done = run.run(&source)?;
@@ -412,6 +419,10 @@ struct DiskRun<'a> {
     options: &'a BackupOptions,
     known: &'a HashSet<ChunkId>,
     claimed: &'a Mutex<HashSet<ChunkId>>,
+    /// Ask the sink whether a chunk is stored before compressing and uploading it: set when an
+    /// interrupted backup of the same name may have stored chunks already (one `head` per new
+    /// chunk instead of sending its bytes again).
+    check_stored: bool,
     progress: &'a dyn Progress,
 }
 
@@ -563,6 +574,9 @@ impl DiskRun<'_> {
         let first_claim =
             !self.known.contains(&id) && self.claimed.lock().expect("claimed set lock").insert(id);
         if !first_claim {
+            return done(id, true, Outcome::Reused);
+        }
+        if self.check_stored && self.repo.sink().head(&Repository::chunk_key(&id)).is_ok() {
             return done(id, true, Outcome::Reused);
         }
         let encoder = match encoder {

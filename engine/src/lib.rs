@@ -82,7 +82,10 @@
 //! it reports it missing, never a wrong image.
 //!
 //! Dedup relies on invariant 2: ids named by the last snapshot of the same name are known to be
-//! stored and are not written or checked again.
+//! stored and are not written or checked again (less ids that `verify --quarantine` marked).
+//! A backup that finds another backup's lock for the same name (one that was killed, or one
+//! still running) asks the sink whether each new chunk is already stored before compressing
+//! and sending it, so resuming an interrupted backup does not upload its chunks again.
 
 pub mod backup;
 pub mod bench;

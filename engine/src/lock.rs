@@ -65,6 +65,10 @@ pub struct LockInfo {
     pub hostname: String,
     pub pid: u32,
     pub created_unix: u64,
+    /// The snapshot name a backup writes (so a later backup of the same name can tell it
+    /// resumes an interrupted one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A held lock. Dropping it stops the refresher and deletes the lock object.
@@ -84,8 +88,22 @@ impl RepoLock {
         kind: LockKind,
         operation: &str,
     ) -> Result<RepoLock, EngineError> {
-        let sink = Arc::clone(repo.sink());
-        let info = LockInfo {
+        Ok(Self::acquire_with(repo, Self::info(kind, operation, None))?.0)
+    }
+
+    /// A backup's shared lock for snapshot name `name`, and whether another backup of the same
+    /// name holds, or left behind, a lock: this run may resume an interrupted one.
+    pub fn acquire_backup(repo: &Repository, name: &str) -> Result<(RepoLock, bool), EngineError> {
+        let info = Self::info(LockKind::Shared, "backup", Some(name));
+        let (lock, others) = Self::acquire_with(repo, info)?;
+        let resumes = others
+            .iter()
+            .any(|o| o.operation == "backup" && o.name.as_deref() == Some(name));
+        Ok((lock, resumes))
+    }
+
+    fn info(kind: LockKind, operation: &str, name: Option<&str>) -> LockInfo {
+        LockInfo {
             kind,
             operation: operation.to_owned(),
             hostname: crate::backup::hostname(),
@@ -94,7 +112,19 @@ impl RepoLock {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs(),
-        };
+            name: name.map(str::to_owned),
+        }
+    }
+
+    /// Acquires the lock described by `info`; also returns the other locks it saw (stale or
+    /// not, those it removed excepted).
+    fn acquire_with(
+        repo: &Repository,
+        info: LockInfo,
+    ) -> Result<(RepoLock, Vec<LockInfo>), EngineError> {
+        let kind = info.kind;
+        let sink = Arc::clone(repo.sink());
+        let mut seen = Vec::new();
         let bytes = serde_json::to_vec(&info).expect("lock info serializes");
         let key = lock_key(&format!("{:032x}", rand::random::<u128>()));
         sink.put(&key, &bytes, PutMode::Create)?;
@@ -120,6 +150,8 @@ impl RepoLock {
                 if kind == LockKind::Exclusive {
                     log::warn!("removing stale lock {} ({theirs:?})", other.key);
                     sink.delete(&other.key)?;
+                } else {
+                    seen.extend(theirs);
                 }
                 continue;
             }
@@ -130,8 +162,9 @@ impl RepoLock {
                     holder: describe(theirs.as_ref(), &other.key),
                 });
             }
+            seen.extend(theirs);
         }
-        Ok(lock.with_refresher(bytes))
+        Ok((lock.with_refresher(bytes), seen))
     }
 
     /// Starts the thread that rewrites the lock every [`REFRESH_EVERY`].
@@ -262,6 +295,7 @@ mod tests {
             hostname: crate::backup::hostname(),
             pid: dead_pid,
             created_unix: 0,
+            name: None,
         };
         let key = lock_key("dead");
         repo.sink()
@@ -284,6 +318,7 @@ mod tests {
             hostname: "some-other-hypervisor".into(),
             pid: 1,
             created_unix: 0,
+            name: None,
         };
         let key = lock_key("other");
         repo.sink()
@@ -313,6 +348,7 @@ mod tests {
             hostname: "elsewhere".into(),
             pid: 1,
             created_unix: 0,
+            name: None,
         };
         assert!(is_stale(Some(&other_host), old, now));
         assert!(!is_stale(Some(&other_host), fresh, now));

@@ -664,3 +664,31 @@ fn sampled_verify_reads_a_repeatable_subset() {
         );
     }
 }
+
+/// A backup interrupted after storing some chunks (its lock left behind, as after SIGKILL) is
+/// resumed by the next backup of the same name without sending those chunks again.
+#[test]
+fn resumed_backup_does_not_upload_stored_chunks_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    new_repo(Arc::clone(&memory));
+    let image = write_image(dir.path(), "a.img", 70);
+    let disk = [DiskSource::new("a", image.clone())];
+    // Two mutations pass: the lock put and one chunk put. The lock's delete then fails too, so
+    // the lock stays behind like a killed process's.
+    let interrupted = Repository::open(Arc::new(FailAfter::new(Arc::clone(&memory), 2))).unwrap();
+    backup(&interrupted, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap_err();
+    assert_eq!(chunk_count(&*memory), 1);
+    assert_eq!(memory.list("locks/").unwrap().count(), 1);
+
+    let counting = Arc::new(FailAfter::new(Arc::clone(&memory), u64::MAX));
+    let repo = Repository::open(Arc::clone(&counting) as Arc<dyn Sink>).unwrap();
+    let resumed = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    assert_eq!(
+        (resumed.counts.chunks_new, resumed.counts.chunks_reused),
+        (5, 1)
+    );
+    // Lock put, 5 chunk puts, manifest put, lock delete: the stored chunk is not sent again.
+    assert_eq!(counting.attempts(), 8);
+    assert_restores_to(&repo, &resumed.snapshot, &image);
+}

@@ -145,3 +145,48 @@ fn sigkill_of_gc_at_20_points_never_damages_the_repository() {
     // Lock put, CHANGED deletes, lock delete: points 1 to CHANGED + 2 kill.
     assert_eq!(kills, CHANGED + 2);
 }
+
+/// A repository on a small filesystem that fills up during a backup: a clear error naming the
+/// lack of space, nothing published, the repository verifies, and gc frees the chunks the
+/// failed backup left so a smaller backup fits again.
+#[test]
+fn a_full_filesystem_fails_the_backup_cleanly() {
+    let tmpfs = common::vm::Tmpfs::mount("3m");
+    let repo = tmpfs.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    ferry(&["init", "--repo", repo, "--chunk-size", "64K"]).success();
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.img");
+    write_image(&big, 8 << 20, &[(0, &random_bytes(5, 8 << 20))]);
+    let run = ferry(&["backup", "--image", big.to_str().unwrap(), "--repo", repo]);
+    run.error_line(&["no space left"]);
+    let report = verify_clean(repo);
+    assert_eq!(num(&report, "snapshots_checked"), 0, "{report:#}");
+    let swept = ferry(&["gc", "--repo", repo, "--json"]).success().json();
+    assert!(num(&swept, "chunks_deleted") > 0, "{swept:#}");
+
+    let small = dir.path().join("small.img");
+    write_image(&small, 1 << 20, &[(0, &random_bytes(6, 1 << 20))]);
+    let done = ferry(&[
+        "backup",
+        "--image",
+        small.to_str().unwrap(),
+        "--repo",
+        repo,
+        "--json",
+    ])
+    .success()
+    .json();
+    verify_clean(repo);
+    let target = dir.path().join("small.restored");
+    ferry(&[
+        "restore",
+        "--repo",
+        repo,
+        text(&done, "snapshot"),
+        "--to",
+        target.to_str().unwrap(),
+    ])
+    .success();
+    assert_same_file(&small, &target);
+}

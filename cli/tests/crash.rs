@@ -1,15 +1,26 @@
 //! Crash points: `ferry backup` and `ferry gc` killed with SIGKILL after each of their first 20
 //! repository mutations (the `FERRY_TEST_KILL_AFTER_MUTATIONS` hook: after a chunk put, before
 //! and after the manifest put, between lock and work, in the middle of gc's deletes). After every
-//! kill the repository verifies clean with --read-data, and the next run succeeds.
+//! kill the repository verifies clean with --read-data, and the next run succeeds. On a local
+//! directory and on an NFS export.
 
 mod common;
+#[path = "../../sinks/tests/support/nfs_server.rs"]
+#[allow(dead_code)]
+mod nfs_server;
+#[path = "../../sinks/tests/support/s3_server.rs"]
+#[allow(dead_code)]
+mod s3_server;
 
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{Fixture, assert_same_file, ferry, num, overwrite, random_bytes, text, write_image};
+use common::{
+    Run, assert_same_file, ferry, ferry_with_env, num, overwrite, random_bytes, text, write_image,
+};
+use nfs_server::Scratch;
 
 const POINTS: u64 = 20;
 /// Chunks the second backup changes: with the lock and manifest, more mutations than POINTS.
@@ -18,9 +29,10 @@ const CHUNK: u64 = 64 << 10;
 
 /// `ferry ARGS` killed after `n` mutations; returns whether it died by SIGKILL (else it must
 /// have finished successfully: `n` was past its last mutation).
-fn killed_after(n: u64, args: &[&str]) -> bool {
+fn killed_after(place: &Place, n: u64, args: &[&str]) -> bool {
     let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(args)
+        .envs(place.env.iter().map(|(k, v)| (k, v)))
         .env("FERRY_TEST_KILL_AFTER_MUTATIONS", n.to_string())
         .env_remove("FERRY_REPO")
         .stdin(Stdio::null())
@@ -49,101 +61,221 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
-fn verify_clean(repo: &str) -> serde_json::Value {
-    ferry(&["verify", "--repo", repo, "--read-data", "--json"])
+fn verify_clean(place: &Place, repo: &str) -> serde_json::Value {
+    place
+        .ferry(&["verify", "--repo", repo, "--read-data", "--json"])
         .success()
         .json()
 }
 
-/// A repository with one snapshot of `image`, and `image` then changed in CHANGED chunks.
-fn baseline(fx: &Fixture) -> std::path::PathBuf {
-    let image = fx.path("disk.img");
+/// Where the test's repositories live: a local directory, served as `url_root` (the same path,
+/// or an NFS export of it), so a repository can be copied on disk and used through the URL.
+struct Place {
+    local_root: PathBuf,
+    url_root: String,
+    /// Environment the backend needs (S3 credentials).
+    env: Vec<(&'static str, String)>,
+}
+
+impl Place {
+    fn local(dir: &Path) -> Place {
+        let root = dir.join("repos");
+        std::fs::create_dir(&root).unwrap();
+        Place {
+            url_root: root.to_str().unwrap().to_owned(),
+            local_root: root,
+            env: Vec::new(),
+        }
+    }
+
+    fn nfs(scratch: &Scratch) -> Place {
+        Place {
+            local_root: scratch.local.clone(),
+            url_root: scratch.url.clone(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A bucket of the test S3 server (s3s-fs keeps each object as a file under its root).
+    fn s3(bucket: &str) -> Place {
+        let server = s3_server::server();
+        Place {
+            local_root: server.root.join(server.bucket(bucket)),
+            url_root: format!("s3://{bucket}"),
+            env: server.env(),
+        }
+    }
+
+    fn ferry(&self, args: &[&str]) -> Run {
+        let env: Vec<(&str, &OsStr)> = self.env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+        ferry_with_env(args, &env)
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.url_root)
+    }
+
+    /// A copy of repository `from` named `to`; its URL.
+    fn copy(&self, from: &str, to: &str) -> String {
+        copy_dir(&self.local_root.join(from), &self.local_root.join(to));
+        self.url(to)
+    }
+}
+
+/// Repository `base` with one snapshot of `image`; `image` is then changed in CHANGED chunks.
+fn baseline(place: &Place, image: &Path) {
+    let base = place.url("base");
+    place
+        .ferry(&["init", "--repo", &base, "--chunk-size", "64K"])
+        .success();
     write_image(
-        &image,
+        image,
         24 * CHUNK,
         &[(0, &random_bytes(1, 20 * CHUNK as usize))],
     );
-    fx.backup(&image, &[]);
-    overwrite(&image, 0, &random_bytes(2, (CHANGED * CHUNK) as usize));
-    image
+    place
+        .ferry(&[
+            "backup",
+            "--image",
+            image.to_str().unwrap(),
+            "--repo",
+            &base,
+        ])
+        .success();
+    overwrite(image, 0, &random_bytes(2, (CHANGED * CHUNK) as usize));
 }
 
-#[test]
-fn sigkill_of_backup_at_20_points_never_damages_the_repository() {
-    let fx = Fixture::new();
-    let image = baseline(&fx);
+fn backup_crash_points(place: &Place, dir: &Path) {
+    let image = dir.join("disk.img");
+    baseline(place, &image);
     let image_arg = image.to_str().unwrap();
     let mut kills = 0;
     for n in 1..=POINTS {
-        let repo = fx.path(&format!("repo-{n}"));
-        copy_dir(&fx.repo, &repo);
-        let repo = repo.to_str().unwrap();
+        let repo = place.copy("base", &format!("repo-{n}"));
+        let repo = repo.as_str();
         kills += u64::from(killed_after(
+            place,
             n,
             &["backup", "--image", image_arg, "--repo", repo],
         ));
-        let report = verify_clean(repo);
+        let report = verify_clean(place, repo);
         let snapshots = num(&report, "snapshots_checked");
         assert!((1..=2).contains(&snapshots), "point {n}: {report:#}");
         // The next run succeeds and restores the image.
-        let done = ferry(&["backup", "--image", image_arg, "--repo", repo, "--json"])
+        let done = place
+            .ferry(&["backup", "--image", image_arg, "--repo", repo, "--json"])
             .success()
             .json();
-        verify_clean(repo);
-        let target = fx.path(&format!("restored-{n}.img"));
-        ferry(&[
-            "restore",
-            "--repo",
-            repo,
-            text(&done, "snapshot"),
-            "--to",
-            target.to_str().unwrap(),
-        ])
-        .success();
+        verify_clean(place, repo);
+        let target = dir.join(format!("restored-{n}.img"));
+        place
+            .ferry(&[
+                "restore",
+                "--repo",
+                repo,
+                text(&done, "snapshot"),
+                "--to",
+                target.to_str().unwrap(),
+            ])
+            .success();
         assert_same_file(&image, &target);
     }
     // Lock put, CHANGED chunk puts, manifest put, lock delete: every point but the last kills.
     assert_eq!(kills, POINTS - 1);
 }
 
-#[test]
-fn sigkill_of_gc_at_20_points_never_damages_the_repository() {
-    let fx = Fixture::new();
-    let image = baseline(&fx);
-    let second = fx.backup(&image, &[]);
+fn gc_crash_points(place: &Place, dir: &Path) {
+    let image = dir.join("disk.img");
+    baseline(place, &image);
+    let base = place.url("base");
+    let second = place
+        .ferry(&[
+            "backup",
+            "--image",
+            image.to_str().unwrap(),
+            "--repo",
+            &base,
+            "--json",
+        ])
+        .success()
+        .json();
     let newest = text(&second, "snapshot").to_owned();
     // Forget the first snapshot: CHANGED chunks become garbage.
-    let forgotten = fx
-        .run("forget", &["--keep-last", "1", "--json"])
+    let forgotten = place
+        .ferry(&["forget", "--repo", &base, "--keep-last", "1", "--json"])
         .success()
         .json();
     assert_eq!(num(&forgotten, "removed"), 1);
     let mut kills = 0;
     for n in 1..=POINTS {
-        let repo = fx.path(&format!("gc-{n}"));
-        copy_dir(&fx.repo, &repo);
-        let repo = repo.to_str().unwrap();
-        kills += u64::from(killed_after(n, &["gc", "--repo", repo]));
-        verify_clean(repo);
+        let repo = place.copy("base", &format!("gc-{n}"));
+        let repo = repo.as_str();
+        kills += u64::from(killed_after(place, n, &["gc", "--repo", repo]));
+        verify_clean(place, repo);
         // The dead gc's lock is stale (its pid is gone): the next gc runs and finishes.
-        let swept = ferry(&["gc", "--repo", repo, "--json"]).success().json();
-        let again = ferry(&["gc", "--repo", repo, "--json"]).success().json();
+        let swept = place
+            .ferry(&["gc", "--repo", repo, "--json"])
+            .success()
+            .json();
+        let again = place
+            .ferry(&["gc", "--repo", repo, "--json"])
+            .success()
+            .json();
         assert_eq!(num(&again, "chunks_deleted"), 0, "point {n}: {swept:#}");
         assert_eq!(num(&again, "chunks_total"), 20, "point {n}");
-        let target = fx.path(&format!("gc-restored-{n}.img"));
-        ferry(&[
-            "restore",
-            "--repo",
-            repo,
-            &newest,
-            "--to",
-            target.to_str().unwrap(),
-        ])
-        .success();
+        let target = dir.join(format!("gc-restored-{n}.img"));
+        place
+            .ferry(&[
+                "restore",
+                "--repo",
+                repo,
+                &newest,
+                "--to",
+                target.to_str().unwrap(),
+            ])
+            .success();
         assert_same_file(&image, &target);
     }
     // Lock put, CHANGED deletes, lock delete: points 1 to CHANGED + 2 kill.
     assert_eq!(kills, CHANGED + 2);
+}
+
+#[test]
+fn sigkill_of_backup_at_20_points_never_damages_a_local_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    backup_crash_points(&Place::local(dir.path()), dir.path());
+}
+
+#[test]
+fn sigkill_of_gc_at_20_points_never_damages_a_local_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    gc_crash_points(&Place::local(dir.path()), dir.path());
+}
+
+#[test]
+fn sigkill_of_backup_at_20_points_never_damages_an_nfs_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = Scratch::new("crash-backup");
+    backup_crash_points(&Place::nfs(&scratch), dir.path());
+}
+
+#[test]
+fn sigkill_of_backup_at_20_points_never_damages_an_s3_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    backup_crash_points(&Place::s3("crash-backup"), dir.path());
+}
+
+#[test]
+fn sigkill_of_gc_at_20_points_never_damages_an_s3_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    gc_crash_points(&Place::s3("crash-gc"), dir.path());
+}
+
+#[test]
+fn sigkill_of_gc_at_20_points_never_damages_an_nfs_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = Scratch::new("crash-gc");
+    gc_crash_points(&Place::nfs(&scratch), dir.path());
 }
 
 /// A repository on a small filesystem that fills up during a backup: a clear error naming the
@@ -160,7 +292,8 @@ fn a_full_filesystem_fails_the_backup_cleanly() {
     write_image(&big, 8 << 20, &[(0, &random_bytes(5, 8 << 20))]);
     let run = ferry(&["backup", "--image", big.to_str().unwrap(), "--repo", repo]);
     run.error_line(&["no space left"]);
-    let report = verify_clean(repo);
+    let local = Place::local(dir.path());
+    let report = verify_clean(&local, repo);
     assert_eq!(num(&report, "snapshots_checked"), 0, "{report:#}");
     let swept = ferry(&["gc", "--repo", repo, "--json"]).success().json();
     assert!(num(&swept, "chunks_deleted") > 0, "{swept:#}");
@@ -177,7 +310,7 @@ fn a_full_filesystem_fails_the_backup_cleanly() {
     ])
     .success()
     .json();
-    verify_clean(repo);
+    verify_clean(&local, repo);
     let target = dir.path().join("small.restored");
     ferry(&[
         "restore",

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use common::*;
@@ -431,66 +430,12 @@ fn sampled_verify_reads_part_of_the_chunks_and_says_how_to_repeat() {
     assert_eq!(clean["quarantined"], json!([]));
 }
 
-/// Bit rot across a repository: one byte flipped in 5 % of the chunks, a few truncated, a few
-/// deleted. verify names exactly those, restore refuses, and after verify --quarantine and a new
-/// backup of the same source everything verifies and restores again.
+/// Bit rot across a local repository (the S3 and NFS tests run the same scenario).
 #[test]
 fn bit_rot_is_named_exactly_refused_and_healed_by_the_next_backup() {
-    let fx = Fixture::new();
-    let image = fx.path("big.img");
-    write_image(
-        &image,
-        100 * CHUNK,
-        &[(0, &random_bytes(77, 100 * CHUNK as usize))],
-    );
-    let first = fx.backup(&image, &[]);
-    let sid = text(&first, "snapshot").to_owned();
-    let ids: Vec<String> = fx.chunk_ids().into_iter().collect();
-    assert_eq!(ids.len(), 100);
-    let (flipped, rest) = ids.split_at(5);
-    let (truncated, rest) = rest.split_at(2);
-    let (deleted, _) = rest.split_at(2);
-    for id in flipped {
-        let path = fx.chunk_path(id);
-        xor_byte(&path, file_len(&path) / 2, 0x01);
-    }
-    for id in truncated {
-        truncate(&fx.chunk_path(id), 100);
-    }
-    for id in deleted {
-        std::fs::remove_file(fx.chunk_path(id)).unwrap();
-    }
-    let named = |report: &Value, kind: &str| -> BTreeSet<String> {
-        report["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["kind"] == kind)
-            .map(|p| text(p, "chunk").to_owned())
-            .collect()
-    };
-    let report = fx.verify(&["--read-data"]).code(EXIT_DAMAGED).json();
-    let corrupt: BTreeSet<String> = flipped.iter().chain(truncated).cloned().collect();
-    assert_eq!(named(&report, "chunk_corrupt"), corrupt);
-    assert_eq!(
-        named(&report, "chunk_missing"),
-        deleted.iter().cloned().collect()
-    );
-    let target = fx.dir("out").join("big.img");
-    fx.restore(&sid, &target, &[]).error_line(&["chunk"]);
-    assert!(!target.exists());
-
-    let quarantined = fx
-        .verify(&["--read-data", "--quarantine"])
-        .code(EXIT_DAMAGED)
-        .json();
-    assert_eq!(quarantined["quarantined"].as_array().unwrap().len(), 9);
-    let healed = fx.backup(&image, &[]);
-    assert_eq!(num(&healed, "chunks_new"), 9, "{healed:#}");
-    fx.verify(&["--read-data"]).success();
-    fx.restore_ok(&sid, &target);
-    assert_same_file(&image, &target);
-    let swept = fx.run("gc", &["--json"]).success().json();
-    assert_eq!(num(&swept, "quarantine_cleared"), 9);
-    assert_eq!(num(&swept, "chunks_deleted"), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    exercise_bit_rot(repo.to_str().unwrap(), &repo, dir.path(), |args| {
+        ferry(args)
+    });
 }

@@ -6,7 +6,7 @@ mod common;
 #[allow(dead_code)]
 mod nfs_server;
 
-use common::{exercise_repository, ferry, mode};
+use common::{exercise_bit_rot, exercise_repository, ferry, mode};
 use nfs_server::Scratch;
 
 #[test]
@@ -33,4 +33,11 @@ fn nfs_errors_name_the_problem() {
     ferry(&["init", "--repo", "nfs://127.0.0.1:0/x"]).error_line(&["not a port number"]);
     ferry(&["init", "--repo", &scratch.url]).success();
     ferry(&["init", "--repo", &scratch.url]).error_line(&["already holds a Ferry repository"]);
+}
+
+#[test]
+fn bit_rot_on_nfs_is_named_refused_and_healed() {
+    let scratch = Scratch::new("bit-rot");
+    let dir = tempfile::tempdir().unwrap();
+    exercise_bit_rot(&scratch.url, &scratch.local, dir.path(), |args| ferry(args));
 }

@@ -7,7 +7,7 @@ mod s3_server;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::{Run, exercise_repository, ferry_with_env};
+use common::{Run, exercise_bit_rot, exercise_repository, ferry_with_env};
 use s3_server::{S3Server, SECRET_KEY, server};
 
 /// Runs ferry with the server's AWS variables.
@@ -68,4 +68,15 @@ fn an_s3_repository_holds_no_local_state() {
     let again = s3_ferry(s3, &["init", "--repo", &repo]);
     again.error_line(&["already holds a Ferry repository"]);
     assert!(Path::new(&s3.root.join(&bucket).join("config")).exists());
+}
+
+#[test]
+fn bit_rot_on_s3_is_named_refused_and_healed() {
+    let s3 = server();
+    let bucket = s3.bucket("bitrot");
+    let dir = tempfile::tempdir().unwrap();
+    let local = s3.root.join(&bucket).join("repo");
+    exercise_bit_rot(&format!("s3://{bucket}/repo"), &local, dir.path(), |args| {
+        s3_ferry(s3, args)
+    });
 }

@@ -435,55 +435,6 @@ fn gc_after_forget_frees_exactly_the_unreferenced_chunks() {
     );
 }
 
-/// gc refuses to run while a backup holds its shared lock (here: stalled mid-upload), and the
-/// backup then publishes a manifest whose chunks all exist.
-#[test]
-fn gc_never_runs_beside_a_backup() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = write_image(dir.path(), "a.img", 30);
-    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
-    new_repo(Arc::clone(&memory));
-    let stall = Arc::new(StallPuts::matching(Arc::clone(&memory), |k| {
-        k.as_str().starts_with(CHUNKS_PREFIX)
-    }));
-    let stalled_repo = Repository::open(Arc::clone(&stall) as Arc<dyn Sink>).unwrap();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let disk = [DiskSource::new("a", image)];
-        let _ = done_tx.send(backup(
-            &stalled_repo,
-            &disk,
-            &options(ReaderMode::Auto),
-            &NoProgress,
-        ));
-    });
-    assert!(
-        stall.wait_for_in_flight(1, Duration::from_secs(60)),
-        "the backup never uploaded"
-    );
-
-    let repo = Repository::open(Arc::clone(&memory)).unwrap();
-    for _ in 0..3 {
-        let err = gc(&repo, false).unwrap_err();
-        assert!(
-            matches!(&err, EngineError::Locked { holder } if holder.contains("backup")),
-            "{err}"
-        );
-    }
-    stall.open();
-    let report = done_rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap()
-        .unwrap();
-    let swept = gc(&repo, false).unwrap();
-    assert_eq!(swept.chunks_deleted, 0, "every chunk is referenced");
-    assert!(
-        verify(&repo, Some(&report.snapshot), true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
-}
-
 /// A manifest that does not read stops gc before it deletes anything.
 #[test]
 fn gc_refuses_while_a_manifest_is_unreadable() {

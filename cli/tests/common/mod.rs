@@ -256,22 +256,7 @@ impl Fixture {
 
     /// Ids of the stored chunk objects (from the file names under `REPO/chunks`).
     pub fn chunk_ids(&self) -> BTreeSet<String> {
-        let mut ids = BTreeSet::new();
-        let chunks = self.repo.join("chunks");
-        let Ok(dirs) = std::fs::read_dir(&chunks) else {
-            return ids;
-        };
-        for dir in dirs {
-            let dir = dir.expect("read chunks/").path();
-            for file in std::fs::read_dir(&dir).expect("read a chunk directory") {
-                let name = file.expect("read a chunk directory").file_name();
-                let name = name.to_string_lossy().into_owned();
-                if !name.starts_with('.') {
-                    ids.insert(name);
-                }
-            }
-        }
-        ids
+        chunk_ids_in(&self.repo)
     }
 
     /// Total size of the stored chunk objects.
@@ -284,7 +269,7 @@ impl Fixture {
 
     /// `REPO/chunks/<hh>/<id>`.
     pub fn chunk_path(&self, id: &str) -> PathBuf {
-        self.repo.join("chunks").join(&id[..2]).join(id)
+        chunk_path_in(&self.repo, id)
     }
 
     /// `REPO/snapshots/<sid>`.
@@ -612,4 +597,103 @@ pub fn exercise_repository(repo: &str, dir: &Path, run: impl Fn(&[&str]) -> Run)
     ])
     .success();
     assert_same_file(&image, &target);
+}
+
+/// Ids of the chunk objects stored in the repository whose files are under `repo` (a local
+/// repository, or the directory behind an NFS export or an S3 test bucket).
+pub fn chunk_ids_in(repo: &Path) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let Ok(dirs) = std::fs::read_dir(repo.join("chunks")) else {
+        return ids;
+    };
+    for dir in dirs {
+        let dir = dir.expect("read chunks/").path();
+        for file in std::fs::read_dir(&dir).expect("read a chunk directory") {
+            let name = file.expect("read a chunk directory").file_name();
+            let name = name.to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                ids.insert(name);
+            }
+        }
+    }
+    ids
+}
+
+/// `REPO/chunks/<hh>/<id>` under the directory `repo`.
+pub fn chunk_path_in(repo: &Path, id: &str) -> PathBuf {
+    repo.join("chunks").join(&id[..2]).join(id)
+}
+
+/// Bit rot in the repository at `url`, whose files are under `local`: one byte flipped in 5 %
+/// of its 100 chunks, two truncated, two deleted. verify names exactly those, restore refuses,
+/// and after `verify --quarantine` and a new backup of the same source everything verifies and
+/// restores again, and gc clears the quarantine.
+pub fn exercise_bit_rot(url: &str, local: &Path, dir: &Path, run: impl Fn(&[&str]) -> Run) {
+    let image = dir.join("big.img");
+    write_image(
+        &image,
+        100 * CHUNK,
+        &[(0, &random_bytes(77, 100 * CHUNK as usize))],
+    );
+    let image_arg = image.to_str().unwrap();
+    run(&["init", "--repo", url, "--chunk-size", "64K"]).success();
+    let first = run(&["backup", "--image", image_arg, "--repo", url, "--json"])
+        .success()
+        .json();
+    let sid = text(&first, "snapshot").to_owned();
+    let ids: Vec<String> = chunk_ids_in(local).into_iter().collect();
+    assert_eq!(ids.len(), 100);
+    let (flipped, rest) = ids.split_at(5);
+    let (truncated, rest) = rest.split_at(2);
+    let (deleted, _) = rest.split_at(2);
+    for id in flipped {
+        let path = chunk_path_in(local, id);
+        xor_byte(&path, file_len(&path) / 2, 0x01);
+    }
+    for id in truncated {
+        truncate(&chunk_path_in(local, id), 100);
+    }
+    for id in deleted {
+        std::fs::remove_file(chunk_path_in(local, id)).unwrap();
+    }
+    let named = |report: &Value, kind: &str| -> BTreeSet<String> {
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == kind)
+            .map(|p| text(p, "chunk").to_owned())
+            .collect()
+    };
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["verify", "--repo", url, "--json"];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let report = verify(&["--read-data"]).code(EXIT_DAMAGED).json();
+    let corrupt: BTreeSet<String> = flipped.iter().chain(truncated).cloned().collect();
+    assert_eq!(named(&report, "chunk_corrupt"), corrupt);
+    assert_eq!(
+        named(&report, "chunk_missing"),
+        deleted.iter().cloned().collect()
+    );
+    let target = dir.join("big.restored");
+    let target_arg = target.to_str().unwrap();
+    run(&["restore", "--repo", url, &sid, "--to", target_arg]).error_line(&["chunk"]);
+    assert!(!target.exists());
+
+    let quarantined = verify(&["--read-data", "--quarantine"])
+        .code(EXIT_DAMAGED)
+        .json();
+    assert_eq!(quarantined["quarantined"].as_array().unwrap().len(), 9);
+    let healed = run(&["backup", "--image", image_arg, "--repo", url, "--json"])
+        .success()
+        .json();
+    assert_eq!(num(&healed, "chunks_new"), 9, "{healed:#}");
+    verify(&["--read-data"]).success();
+    run(&["restore", "--repo", url, &sid, "--to", target_arg]).success();
+    assert_same_file(&image, &target);
+    let swept = run(&["gc", "--repo", url, "--json"]).success().json();
+    assert_eq!(num(&swept, "quarantine_cleared"), 9);
+    assert_eq!(num(&swept, "chunks_deleted"), 0);
 }

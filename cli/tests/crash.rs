@@ -115,6 +115,14 @@ impl Place {
         format!("{}/{name}", self.url_root)
     }
 
+    /// Restores `snapshot` of `repo` to `target` and checks it equals `image`.
+    fn assert_restores(&self, repo: &str, snapshot: &str, image: &Path, target: &Path) {
+        let target_arg = target.to_str().unwrap();
+        self.ferry(&["restore", "--repo", repo, snapshot, "--to", target_arg])
+            .success();
+        assert_same_file(image, target);
+    }
+
     /// A copy of repository `from` named `to`; its URL.
     fn copy(&self, from: &str, to: &str) -> String {
         copy_dir(&self.local_root.join(from), &self.local_root.join(to));
@@ -168,17 +176,7 @@ fn backup_crash_points(place: &Place, dir: &Path) {
             .json();
         verify_clean(place, repo);
         let target = dir.join(format!("restored-{n}.img"));
-        place
-            .ferry(&[
-                "restore",
-                "--repo",
-                repo,
-                text(&done, "snapshot"),
-                "--to",
-                target.to_str().unwrap(),
-            ])
-            .success();
-        assert_same_file(&image, &target);
+        place.assert_restores(repo, text(&done, "snapshot"), &image, &target);
     }
     // Lock put, CHANGED chunk puts, manifest put, lock delete: every point but the last kills.
     assert_eq!(kills, POINTS - 1);
@@ -224,17 +222,7 @@ fn gc_crash_points(place: &Place, dir: &Path) {
         assert_eq!(num(&again, "chunks_deleted"), 0, "point {n}: {swept:#}");
         assert_eq!(num(&again, "chunks_total"), 20, "point {n}");
         let target = dir.join(format!("gc-restored-{n}.img"));
-        place
-            .ferry(&[
-                "restore",
-                "--repo",
-                repo,
-                &newest,
-                "--to",
-                target.to_str().unwrap(),
-            ])
-            .success();
-        assert_same_file(&image, &target);
+        place.assert_restores(repo, &newest, &image, &target);
     }
     // Lock put, CHANGED deletes, lock delete: points 1 to CHANGED + 2 kill.
     assert_eq!(kills, CHANGED + 2);
@@ -312,14 +300,5 @@ fn a_full_filesystem_fails_the_backup_cleanly() {
     .json();
     verify_clean(&local, repo);
     let target = dir.path().join("small.restored");
-    ferry(&[
-        "restore",
-        "--repo",
-        repo,
-        text(&done, "snapshot"),
-        "--to",
-        target.to_str().unwrap(),
-    ])
-    .success();
-    assert_same_file(&small, &target);
+    local.assert_restores(repo, text(&done, "snapshot"), &small, &target);
 }

@@ -71,6 +71,22 @@ fn assert_restores_to(repo: &Repository, snapshot: &str, image: &Path) {
     );
 }
 
+/// Reads and re-hashes every chunk of every snapshot: no problem allowed.
+fn assert_verifies_clean(repo: &Repository) {
+    let report = verify(repo, None, true, 2, &NoProgress).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// The key of some stored chunk object.
+fn first_chunk(sink: &dyn Sink) -> ObjectKey {
+    sink.list(CHUNKS_PREFIX)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .key
+}
+
 fn new_repo(sink: Arc<dyn Sink>) -> Repository {
     Repository::init(sink, CHUNK).unwrap()
 }
@@ -141,11 +157,7 @@ fn failed_upload_publishes_nothing_and_retry_succeeds() {
         report.counts.chunks_reused >= 1,
         "stored chunks are not uploaded twice"
     );
-    assert!(
-        verify(&repo, None, true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
+    assert_verifies_clean(&repo);
 }
 
 #[test]
@@ -352,11 +364,7 @@ fn stalled_sink_holds_exactly_the_configured_uploads_in_flight() {
         std::slice::from_ref(&report.snapshot)
     );
 
-    assert!(
-        verify(&repo, None, true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
+    assert_verifies_clean(&repo);
     assert_restores_to(&repo, &report.snapshot, &path);
 }
 
@@ -422,11 +430,7 @@ fn gc_after_forget_frees_exactly_the_unreferenced_chunks() {
     );
     assert_eq!(swept.bytes_freed, dry.bytes_freed);
     assert_eq!(chunk_count(&*memory), 12);
-    assert!(
-        verify(&repo, None, true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
+    assert_verifies_clean(&repo);
     assert_restores_to(&repo, &second.snapshot, &a);
     assert_restores_to(&repo, &other.snapshot, &b);
     assert!(
@@ -476,13 +480,7 @@ fn quarantined_chunk_is_stored_again_by_the_next_backup() {
     let disk = [DiskSource::new("a", image.clone())];
     backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
     // Rot one stored chunk.
-    let victim = memory
-        .list(CHUNKS_PREFIX)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .key;
+    let victim = first_chunk(&*memory);
     let mut bytes = memory.get(&victim).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
@@ -523,11 +521,7 @@ fn quarantined_chunk_is_stored_again_by_the_next_backup() {
         "the quarantined chunk is stored again"
     );
     // The older snapshot names the same id, so it is whole again too.
-    assert!(
-        verify(&repo, None, true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
+    assert_verifies_clean(&repo);
     assert_restores_to(&repo, &healed.snapshot, &image);
     // Healed: gc clears the quarantine entry.
     let swept = gc(&repo, false).unwrap();
@@ -545,13 +539,7 @@ fn quarantined_missing_chunk_is_stored_again() {
     let image = write_image(dir.path(), "a.img", 60);
     let disk = [DiskSource::new("a", image.clone())];
     backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
-    let victim = memory
-        .list(CHUNKS_PREFIX)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .key;
+    let victim = first_chunk(&*memory);
     memory.delete(&victim).unwrap();
     let quarantine = ReadData {
         quarantine: true,
@@ -566,11 +554,7 @@ fn quarantined_missing_chunk_is_stored_again() {
     // Without the mark the next backup would trust the last snapshot and store nothing.
     let healed = backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
     assert_eq!(healed.counts.chunks_new, 1);
-    assert!(
-        verify(&repo, None, true, 2, &NoProgress)
-            .unwrap()
-            .is_clean()
-    );
+    assert_verifies_clean(&repo);
     assert_eq!(gc(&repo, false).unwrap().quarantine_cleared, 1);
 }
 

@@ -7,9 +7,9 @@
 //! when a manifest cannot be read, since the chunks it needs would be unknown. Sweep: every
 //! object under `chunks/` whose id is not marked is deleted, from a few threads; objects under
 //! `chunks/` that are not chunk objects are left alone. Quarantine entries (see
-//! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared. A gc killed at any point leaves a
-//! repository whose snapshots are all complete (it only deletes unreferenced chunks) and whose
-//! lock goes stale; the next gc finishes the job.
+//! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared. A gc
+//! killed at any point leaves a repository whose snapshots are all complete (it only deletes
+//! unreferenced chunks) and whose lock goes stale; the next gc finishes the job.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -22,7 +22,7 @@ use crate::chunk_id::ChunkId;
 use crate::error::EngineError;
 use crate::lock::{LockKind, RepoLock};
 use crate::repository::{CHUNKS_PREFIX, Repository};
-use crate::verify::QUARANTINE_PREFIX;
+use crate::verify::quarantine_entries;
 
 /// Threads deleting at once (requests in flight against a remote store).
 const DELETERS: usize = 8;
@@ -85,27 +85,13 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     }
     report.chunks_deleted = doomed.len() as u64;
     report.bytes_freed = doomed.iter().map(|m| m.size).sum();
-    let doomed_ids: HashSet<ChunkId> = doomed
-        .iter()
-        .filter_map(|m| Repository::chunk_id_of_key(m.key.as_str()))
+    // A quarantine entry is done with once its chunk is stored again (a stored chunk that
+    // survives this sweep is referenced) or no snapshot needs it.
+    let cleared: Vec<ObjectMeta> = quarantine_entries(repo)?
+        .into_iter()
+        .filter(|(id, _)| stored.contains(id) || !referenced.contains(id))
+        .map(|(_, meta)| meta)
         .collect();
-    // A quarantine entry is done with once its chunk is stored (and kept) again, or unneeded.
-    let mut cleared = Vec::new();
-    for meta in repo.sink().list(QUARANTINE_PREFIX)? {
-        let meta = meta?;
-        let Some(id) = meta
-            .key
-            .as_str()
-            .strip_prefix(QUARANTINE_PREFIX)
-            .and_then(|hex| ChunkId::from_hex(hex).ok())
-        else {
-            continue;
-        };
-        let healed = stored.contains(&id) && !doomed_ids.contains(&id);
-        if healed || !referenced.contains(&id) {
-            cleared.push(meta);
-        }
-    }
     report.quarantine_cleared = cleared.len() as u64;
     if dry_run {
         return Ok(report);

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crossbeam_channel::bounded;
-use ferry_sinks::SinkError;
+use ferry_sinks::{ObjectMeta, SinkError};
 use serde::Serialize;
 
 use crate::chunk_codec::{ChunkDecodeError, ChunkDecoder};
@@ -397,7 +397,9 @@ fn check_chunk(
         .to_string(),
         Err(e) => e.to_string(),
     };
-    let moved = quarantine && quarantine_chunk(repo, id, &object)?;
+    if quarantine {
+        quarantine_chunk(repo, id, &object)?;
+    }
     let problem = Problem::ChunkCorrupt {
         chunk: id.to_hex(),
         snapshot: r.snapshot.clone(),
@@ -406,16 +408,16 @@ fn check_chunk(
         references: r.count,
         reason,
     };
-    Ok(Some((problem, moved)))
+    Ok(Some((problem, quarantine)))
 }
 
 /// Copies a corrupt chunk object to `quarantine/<id>`, then removes it from `chunks/`. The
 /// copy is durable before the removal, so the damaged bytes are never lost.
-fn quarantine_chunk(repo: &Repository, id: &ChunkId, object: &[u8]) -> Result<bool, EngineError> {
+fn quarantine_chunk(repo: &Repository, id: &ChunkId, object: &[u8]) -> Result<(), EngineError> {
     repo.sink()
         .put(&quarantine_key(id), object, ferry_sinks::PutMode::Overwrite)?;
     repo.sink().delete(&Repository::chunk_key(id))?;
-    Ok(true)
+    Ok(())
 }
 
 /// Records a missing chunk in the quarantine (an empty object), so backups offer it again.
@@ -425,24 +427,33 @@ fn mark_missing(repo: &Repository, id: &ChunkId) -> Result<(), EngineError> {
     Ok(())
 }
 
-pub(crate) fn quarantine_key(id: &ChunkId) -> ferry_sinks::ObjectKey {
+fn quarantine_key(id: &ChunkId) -> ferry_sinks::ObjectKey {
     ferry_sinks::ObjectKey::new(format!("{QUARANTINE_PREFIX}{}", id.to_hex()))
         .expect("quarantine keys are valid")
 }
 
 /// Ids of quarantined chunks: a backup must not take them as stored.
 pub fn quarantined_ids(repo: &Repository) -> Result<HashSet<ChunkId>, EngineError> {
-    let mut ids = HashSet::new();
+    Ok(quarantine_entries(repo)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Every quarantine entry with the id it names (objects under `quarantine/` that name no chunk
+/// id are skipped).
+pub fn quarantine_entries(repo: &Repository) -> Result<Vec<(ChunkId, ObjectMeta)>, EngineError> {
+    let mut entries = Vec::new();
     for meta in repo.sink().list(QUARANTINE_PREFIX)? {
         let meta = meta?;
-        if let Some(id) = meta
+        let id = meta
             .key
             .as_str()
             .strip_prefix(QUARANTINE_PREFIX)
-            .and_then(|hex| ChunkId::from_hex(hex).ok())
-        {
-            ids.insert(id);
+            .and_then(|hex| ChunkId::from_hex(hex).ok());
+        if let Some(id) = id {
+            entries.push((id, meta));
         }
     }
-    Ok(ids)
+    Ok(entries)
 }

@@ -12,7 +12,6 @@ mod progress;
 mod repo_url;
 mod signals;
 mod size;
-mod time;
 
 use std::process::ExitCode;
 

@@ -1,8 +1,8 @@
 //! Crash points: `ferry backup` and `ferry gc` killed with SIGKILL after each of their first 20
 //! repository mutations (the `FERRY_TEST_KILL_AFTER_MUTATIONS` hook: after a chunk put, before
 //! and after the manifest put, between lock and work, in the middle of gc's deletes). After every
-//! kill the repository verifies clean with --read-data, and the next run succeeds. On a local
-//! directory and on an NFS export.
+//! kill the repository verifies clean with --read-data, the next run succeeds, and a gc leaves
+//! no temp file of an interrupted put. On a local directory, an NFS export and an S3 bucket.
 
 mod common;
 #[path = "../../sinks/tests/support/nfs_server.rs"]
@@ -75,6 +75,9 @@ struct Place {
     url_root: String,
     /// Environment the backend needs (S3 credentials).
     env: Vec<(&'static str, String)>,
+    /// Whether Ferry's puts use temp files under `local_root` (local directory, NFS), which a
+    /// kill can leave behind for gc to remove. (s3s-fs keeps its own temp files.)
+    puts_use_temp_files: bool,
 }
 
 impl Place {
@@ -85,6 +88,7 @@ impl Place {
             url_root: root.to_str().unwrap().to_owned(),
             local_root: root,
             env: Vec::new(),
+            puts_use_temp_files: true,
         }
     }
 
@@ -93,6 +97,7 @@ impl Place {
             local_root: scratch.local.clone(),
             url_root: scratch.url.clone(),
             env: Vec::new(),
+            puts_use_temp_files: true,
         }
     }
 
@@ -103,6 +108,7 @@ impl Place {
             local_root: server.root.join(server.bucket(bucket)),
             url_root: format!("s3://{bucket}"),
             env: server.env(),
+            puts_use_temp_files: false,
         }
     }
 
@@ -121,6 +127,28 @@ impl Place {
         self.ferry(&["restore", "--repo", repo, snapshot, "--to", target_arg])
             .success();
         assert_same_file(image, target);
+    }
+
+    /// After a gc, no temp file of an interrupted put is left in repository `name`.
+    fn assert_no_leftovers_after_gc(&self, name: &str) {
+        self.ferry(&["gc", "--repo", &self.url(name)]).success();
+        if !self.puts_use_temp_files {
+            return;
+        }
+        let mut pending = vec![self.local_root.join(name)];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                assert!(
+                    !entry.file_name().to_string_lossy().starts_with(".tmp-"),
+                    "gc left {}",
+                    entry.path().display()
+                );
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+        }
     }
 
     /// A copy of repository `from` named `to`; its URL.
@@ -177,6 +205,7 @@ fn backup_crash_points(place: &Place, dir: &Path) {
         verify_clean(place, repo);
         let target = dir.join(format!("restored-{n}.img"));
         place.assert_restores(repo, text(&done, "snapshot"), &image, &target);
+        place.assert_no_leftovers_after_gc(&format!("repo-{n}"));
     }
     // Lock put, CHANGED chunk puts, manifest put, lock delete: every point but the last kills.
     assert_eq!(kills, POINTS - 1);

@@ -36,8 +36,27 @@ pub fn month_of(unix: u64) -> i64 {
     year * 12 + i64::from(month) - 1
 }
 
+/// `2026-11-25T21:16:03Z` for `unix` seconds since the Unix epoch.
+pub fn utc(unix: u64) -> String {
+    let (year, month, day) = civil_from_days(day_of(unix));
+    let secs = unix % DAY;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::utc(1_795_641_363), "2026-11-25T21:16:03Z");
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,10 @@
 //! when a manifest cannot be read, since the chunks it needs would be unknown. Sweep: every
 //! object under `chunks/` whose id is not marked is deleted, from a few threads; objects under
 //! `chunks/` that are not chunk objects are left alone. Quarantine entries (see
-//! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared. A gc
+//! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared.
+//! Leftovers of interrupted puts (temp files a killed backup left on a local directory or NFS
+//! export, see [`ferry_sinks::leftover`]) are removed: every writer of the repository holds a
+//! lock, so under the exclusive one no put is running. A gc
 //! killed at any point leaves a repository whose snapshots are all complete (it only deletes
 //! unreferenced chunks) and whose lock goes stale; the next gc finishes the job.
 
@@ -15,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_sinks::ObjectMeta;
+use ferry_sinks::{Leftover, ObjectMeta};
 use serde::Serialize;
 
 use crate::chunk_id::ChunkId;
@@ -41,11 +44,15 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Quarantine entries cleared: their chunk is stored again, or no snapshot needs it.
     pub quarantine_cleared: u64,
+    /// Temp objects of interrupted puts removed, and their bytes.
+    pub leftovers_removed: u64,
+    pub leftover_bytes: u64,
 }
 
 /// Deletes every unreferenced chunk of `repo` (with `dry_run`, only counts them).
 pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     let lock = RepoLock::acquire(repo, LockKind::Exclusive, "gc")?;
+    let leftovers = repo.sink().leftovers("")?;
     let (snapshots, damaged) = repo.load_all_snapshots()?;
     if let Some(err) = damaged.into_iter().next() {
         let snapshot = match &err {
@@ -93,10 +100,15 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
         .map(|(_, meta)| meta)
         .collect();
     report.quarantine_cleared = cleared.len() as u64;
+    report.leftovers_removed = leftovers.len() as u64;
+    report.leftover_bytes = leftovers.iter().map(Leftover::size).sum();
     if dry_run {
         return Ok(report);
     }
     lock.check()?;
+    for leftover in &leftovers {
+        repo.sink().remove_leftover(leftover)?;
+    }
     delete_all(repo, &doomed)?;
     delete_all(repo, &cleared)?;
     Ok(report)

@@ -44,7 +44,8 @@
 //! cost space but no correctness and are reused by the next backup through put-if-absent) or a
 //! complete, durable manifest whose chunks are all durable (invariant 2). A crash inside a put
 //! leaves nothing visible under the key (the sink contract: temp file, fsync, rename, fsync of
-//! the directory for the local sink). A restore writes a temporary file and renames it over the
+//! the directory for the local sink); the temp file it may leave (local directory, NFS) is a
+//! leftover that the next gc removes. A restore writes a temporary file and renames it over the
 //! target only after every chunk checked, so a crash or a corrupt chunk never leaves a wrong
 //! image under the target name.
 //!
@@ -54,8 +55,8 @@
 //! | backup | shared | backup, restore, verify, list, forget | only adds objects, with put-if-absent |
 //! | restore, verify, list | none | anything | read only |
 //! | forget | none | anything | deletes manifests only, never a chunk |
-//! | verify --quarantine | none | anything | moves only chunks that fail their hash; a backup meanwhile may name such a chunk (missing now instead of corrupt), and the next backup of its data stores it again |
-//! | gc | exclusive | restore, verify, list, forget | deletes chunks no manifest names; no backup is running |
+//! | verify --quarantine | shared | backup, restore, verify, list, forget | moves only chunks that fail their hash; a backup meanwhile may name such a chunk (missing now instead of corrupt), and the next backup of its data stores it again |
+//! | gc | exclusive | restore, plain verify, list, forget | deletes chunks no manifest names and leftovers of interrupted puts; no backup or quarantining verify is running, so no put is |
 //!
 //! A backup relies on three kinds of chunks: those it uploads, those put-if-absent finds
 //! already stored, and those it takes as known from the previous snapshot of its name without

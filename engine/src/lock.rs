@@ -148,7 +148,10 @@ impl RepoLock {
             };
             if is_stale(theirs.as_ref(), other.modified, now) {
                 if kind == LockKind::Exclusive {
-                    log::warn!("removing stale lock {} ({theirs:?})", other.key);
+                    log::warn!(
+                        "removing stale lock: {}",
+                        describe(theirs.as_ref(), &other.key)
+                    );
                     sink.delete(&other.key)?;
                 } else {
                     seen.extend(theirs);
@@ -240,8 +243,15 @@ fn is_stale(info: Option<&LockInfo>, modified: SystemTime, now: SystemTime) -> b
 fn describe(info: Option<&LockInfo>, key: &ObjectKey) -> String {
     match info {
         Some(info) => format!(
-            "{} ({:?} lock {key}) by pid {} on {}, since {}",
-            info.operation, info.kind, info.pid, info.hostname, info.created_unix
+            "{} ({} lock {key}) by pid {} on host {}, taken {}",
+            info.operation,
+            match info.kind {
+                LockKind::Shared => "shared",
+                LockKind::Exclusive => "exclusive",
+            },
+            info.pid,
+            info.hostname,
+            crate::calendar::utc(info.created_unix)
         ),
         None => format!("an unreadable lock {key}"),
     }

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::chunk_codec::{ChunkDecodeError, ChunkDecoder};
 use crate::chunk_id::ChunkId;
 use crate::error::EngineError;
+use crate::lock::{LockKind, RepoLock};
 use crate::progress::Progress;
 use crate::repository::{CHUNKS_PREFIX, Repository};
 
@@ -180,6 +181,11 @@ pub fn verify(
             "sample percentage {p} is outside (0, 100]"
         )));
     }
+    // Quarantining writes to the repository: like a backup, it keeps gc away while it runs.
+    let _lock = read
+        .quarantine
+        .then(|| RepoLock::acquire(repo, LockKind::Shared, "verify --quarantine"))
+        .transpose()?;
     let started = Instant::now();
     let ids = match snapshot {
         Some(id) => vec![id.to_owned()],

@@ -13,6 +13,7 @@ use ferry_engine::restore::{RestoreOptions, restore_disk};
 use ferry_engine::verify::{Problem, QUARANTINE_PREFIX, ReadData, verify};
 use ferry_engine::{EngineError, NoProgress, Repository};
 use ferry_sinks::fault::{FailAfter, FlipBitOnRead, StallPuts};
+use ferry_sinks::local::LocalSink;
 use ferry_sinks::memory::MemorySink;
 use ferry_sinks::{ObjectKey, Sink};
 
@@ -626,4 +627,96 @@ fn resumed_backup_does_not_upload_stored_chunks_again() {
     // Lock put, 5 chunk puts, manifest put, lock delete: the stored chunk is not sent again.
     assert_eq!(counting.attempts(), 8);
     assert_restores_to(&repo, &resumed.snapshot, &image);
+}
+
+/// What a backup killed mid-put leaves on a local repository (temp files next to the chunks
+/// and at the top) is reported by a dry-run gc, removed by gc, and nothing else is touched.
+#[test]
+fn gc_removes_temp_files_of_interrupted_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    std::fs::create_dir(&root).unwrap();
+    let local: Arc<dyn Sink> = Arc::new(LocalSink::open(&root).unwrap());
+    let repo = new_repo(Arc::clone(&local));
+    let image = write_image(dir.path(), "a.img", 60);
+    let done = backup(
+        &repo,
+        &[DiskSource::new("a", image.clone())],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap();
+    let chunk_dir = root
+        .join(first_chunk(&*local).as_str())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let planted = [
+        (chunk_dir.join(".tmp-00000000000000c1"), 1000),
+        (root.join(".tmp-00000000000000c2"), 24),
+    ];
+    for (path, len) in &planted {
+        std::fs::write(path, vec![7u8; *len]).unwrap();
+    }
+    let chunks_before = chunk_count(&*local);
+
+    let dry = gc(&repo, true).unwrap();
+    assert_eq!((dry.leftovers_removed, dry.leftover_bytes), (2, 1024));
+    assert!(
+        planted.iter().all(|(path, _)| path.exists()),
+        "a dry run removed a temp file"
+    );
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!((swept.leftovers_removed, swept.leftover_bytes), (2, 1024));
+    assert_eq!(swept.chunks_deleted, 0);
+    assert!(
+        planted.iter().all(|(path, _)| !path.exists()),
+        "gc kept a temp file"
+    );
+    assert_eq!(chunk_count(&*local), chunks_before);
+    assert_verifies_clean(&repo);
+    assert_restores_to(&repo, &done.snapshot, &image);
+    assert_eq!(gc(&repo, false).unwrap().leftovers_removed, 0);
+}
+
+/// A quarantining verify writes to the repository, so it holds a shared lock: gc is refused
+/// while it runs (here: while its quarantine put is held at a gate) and runs after it.
+#[test]
+fn gc_is_refused_while_verify_quarantines() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let stall = Arc::new(StallPuts::matching(Arc::clone(&memory), |k| {
+        k.as_str().starts_with(QUARANTINE_PREFIX)
+    }));
+    let repo = new_repo(Arc::clone(&stall) as Arc<dyn Sink>);
+    let image = write_image(dir.path(), "a.img", 70);
+    let disk = [DiskSource::new("a", image)];
+    backup(&repo, &disk, &options(ReaderMode::Auto), &NoProgress).unwrap();
+    let victim = first_chunk(&*memory);
+    let mut bytes = memory.get(&victim).unwrap();
+    bytes[20] ^= 1;
+    memory
+        .put(&victim, &bytes, ferry_sinks::PutMode::Overwrite)
+        .unwrap();
+
+    std::thread::scope(|scope| {
+        let verifying = scope.spawn(|| {
+            let quarantine = ReadData {
+                quarantine: true,
+                ..ReadData::from(true)
+            };
+            verify(&repo, None, quarantine, 2, &NoProgress).unwrap()
+        });
+        assert!(stall.wait_for_in_flight(1, Duration::from_secs(60)));
+        let err = gc(&repo, false).unwrap_err();
+        assert!(
+            matches!(&err, EngineError::Locked { holder } if holder.contains("verify --quarantine")),
+            "{err}"
+        );
+        stall.open();
+        let found = verifying.join().unwrap();
+        assert_eq!(found.quarantined.len(), 1);
+    });
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!(swept.chunks_deleted, 0);
 }

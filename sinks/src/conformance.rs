@@ -15,7 +15,7 @@ use std::thread;
 
 use rand::RngCore;
 
-use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
+use crate::{Leftover, ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
 
 /// The size of a chunk the engine writes.
 const CHUNK_SIZE: usize = 4 << 20;
@@ -394,6 +394,65 @@ pub fn delete_removes(sink: &dyn Sink) {
     s.finish();
 }
 
+/// What an interrupted put leaves: `plant(dir, name, data)` must create temp object `name` with
+/// `data` in directory `dir` (`""` or a key followed by `/`) of the sink, the way the backend's
+/// own put does before it is killed (a local file, a file on the NFS export).
+pub type PlantLeftover<'a> = &'a dyn Fn(&str, &str, &[u8]);
+
+/// Temp objects of interrupted puts are invisible to get and list, are found by `leftovers`
+/// (in the directory asked for and below, with their sizes) and go with `remove_leftover`
+/// (idempotent), leaving every object intact. Only for backends whose puts use temp objects.
+pub fn leftovers_are_found_and_removed(sink: &dyn Sink, plant: PlantLeftover<'_>) {
+    let s = Scratch::new(sink, "leftovers");
+    let kept = s.key("a/kept");
+    s.assert_written(&kept, b"kept", PutMode::Create);
+    let (deep_name, top_name) = (".tmp-00000000000000a1", ".tmp-00000000000000b2");
+    plant(&format!("{}a/", s.prefix), deep_name, &[1; 100]);
+    plant(&s.prefix, top_name, &[2; 7]);
+    let listed: Vec<ObjectKey> = s.list("").into_iter().map(|m| m.key).collect();
+    s.check(
+        listed == [kept.clone()],
+        format!("list shows leftovers: {listed:?}"),
+    );
+    let found = |dir: &str| -> Vec<(String, u64)> {
+        let mut found: Vec<(String, u64)> = s
+            .ok(format!("leftovers {dir:?}"), sink.leftovers(dir))
+            .iter()
+            .map(|l| (l.to_string(), l.size()))
+            .collect();
+        found.sort();
+        found
+    };
+    let (deep, top) = (
+        format!("{}a/{deep_name}", s.prefix),
+        format!("{}{top_name}", s.prefix),
+    );
+    let all = found(&s.prefix);
+    s.check(
+        all == [(top, 7), (deep.clone(), 100)],
+        format!("leftovers found {all:?}"),
+    );
+    let below = found(&format!("{}a/", s.prefix));
+    s.check(
+        below == [(deep, 100)],
+        format!("leftovers of a/ found {below:?}"),
+    );
+    let leftovers = s.ok("leftovers", sink.leftovers(&s.prefix));
+    for leftover in leftovers.iter().chain(&leftovers) {
+        s.ok(
+            format!("remove leftover {leftover}"),
+            sink.remove_leftover(leftover),
+        );
+    }
+    let after = found(&s.prefix);
+    s.check(
+        after.is_empty(),
+        format!("leftovers after removal: {after:?}"),
+    );
+    s.assert_content(&kept, b"kept");
+    s.finish();
+}
+
 /// One check's private corner of the sink: a fresh `conformance-<hex>/<check>/` prefix,
 /// emptied when the check finishes or panics.
 struct Scratch<'s> {
@@ -491,8 +550,12 @@ impl<'s> Scratch<'s> {
         }
     }
 
-    /// Deletes everything under the prefix, in parallel.
+    /// Deletes everything under the prefix, in parallel, and any leftovers there.
     fn clean(&self) -> Result<(), SinkError> {
+        let leftovers: Vec<Leftover> = self.sink.leftovers(&self.prefix)?;
+        for leftover in &leftovers {
+            self.sink.remove_leftover(leftover)?;
+        }
         let keys: Vec<ObjectKey> = self
             .sink
             .list(&self.prefix)?
@@ -513,8 +576,14 @@ impl<'s> Scratch<'s> {
         failures.into_iter().next().map_or(Ok(()), Err)
     }
 
-    /// Ends a passing check: cleans up, and checks that the prefix lists empty afterwards.
+    /// Ends a passing check: checks that its completed puts left no leftovers, cleans up, and
+    /// checks that the prefix lists empty afterwards.
     fn finish(self) {
+        let leftovers = self.ok("leftovers", self.sink.leftovers(&self.prefix));
+        self.check(
+            leftovers.is_empty(),
+            format!("completed puts left temp objects: {leftovers:?}"),
+        );
         let cleaned = self.clean();
         self.ok("cleanup", cleaned);
         let left = self.list("");
@@ -662,6 +731,14 @@ mod tests {
                 }
                 _ => self.0.delete(key),
             }
+        }
+
+        fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+            self.0.leftovers(dir)
+        }
+
+        fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+            self.0.remove_leftover(leftover)
         }
 
         fn location(&self) -> String {

@@ -5,20 +5,20 @@
 //! - [`FlipBitOnRead`]: reads return the stored data with one bit flipped.
 //! - [`StallPuts`]: puts wait at a gate, counted, until the test opens it.
 //! - [`KillAfter`]: the process dies by SIGKILL right after its Nth mutation (crash tests).
-//! - [`StallPuts`]: puts block until the test opens a gate; counts puts in flight.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
+use crate::{Leftover, ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
 
 type ListResult<'a> =
     Result<Box<dyn Iterator<Item = Result<ObjectMeta, SinkError>> + Send + 'a>, SinkError>;
 
-/// Lets the first `allowed` mutating operations (put, delete) through; every later one fails
-/// with [`SinkError::Injected`] without reaching the inner sink. Reads always pass through.
+/// Lets the first `allowed` mutating operations (put, delete, remove_leftover) through; every
+/// later one fails with [`SinkError::Injected`] without reaching the inner sink. Reads always
+/// pass through.
 ///
 /// Invariant: the inner sink receives exactly `min(allowed, attempts)` mutations, however many
 /// threads race (the counter is one atomic increment per attempt).
@@ -43,7 +43,7 @@ impl FailAfter {
         self.attempts.load(Ordering::SeqCst)
     }
 
-    fn admit(&self, op: &str, key: &ObjectKey) -> Result<(), SinkError> {
+    fn admit(&self, op: &str, key: &dyn fmt::Display) -> Result<(), SinkError> {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst);
         if n < self.allowed {
             Ok(())
@@ -84,14 +84,23 @@ impl Sink for FailAfter {
         self.inner.delete(key)
     }
 
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        self.inner.leftovers(dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        self.admit("remove leftover", leftover)?;
+        self.inner.remove_leftover(leftover)
+    }
+
     fn location(&self) -> String {
         self.inner.location()
     }
 }
 
-/// Kills this process with SIGKILL right after its `n`th mutating operation (put or delete,
-/// whatever its outcome) returns: a crash at an exact, repeatable point of a run, for the
-/// CLI's crash-safety tests (`FERRY_TEST_KILL_AFTER_MUTATIONS`). Reads pass through.
+/// Kills this process with SIGKILL right after its `n`th mutating operation (put, delete or
+/// remove_leftover, whatever its outcome) returns: a crash at an exact, repeatable point of a
+/// run, for the CLI's crash-safety tests (`FERRY_TEST_KILL_AFTER_MUTATIONS`). Reads pass through.
 ///
 /// The kill comes after the inner sink returned, so it models a crash between two steps:
 /// point `n` is "after mutation `n`, before mutation `n + 1`".
@@ -148,6 +157,16 @@ impl Sink for KillAfter {
 
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         let result = self.inner.delete(key);
+        self.count();
+        result
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        self.inner.leftovers(dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        let result = self.inner.remove_leftover(leftover);
         self.count();
         result
     }
@@ -240,6 +259,14 @@ impl Sink for FlipBitOnRead {
 
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         self.inner.delete(key)
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        self.inner.leftovers(dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        self.inner.remove_leftover(leftover)
     }
 
     fn location(&self) -> String {
@@ -397,6 +424,14 @@ impl Sink for StallPuts {
 
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         self.inner.delete(key)
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        self.inner.leftovers(dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        self.inner.remove_leftover(leftover)
     }
 
     fn location(&self) -> String {

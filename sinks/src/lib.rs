@@ -24,6 +24,7 @@
 
 pub mod conformance;
 pub mod fault;
+pub mod leftover;
 pub mod local;
 pub mod memory;
 pub mod nfs;
@@ -33,6 +34,7 @@ pub mod s3;
 mod key;
 
 pub use key::{InvalidKey, ObjectKey};
+pub use leftover::Leftover;
 
 use std::fmt;
 use std::time::SystemTime;
@@ -154,6 +156,9 @@ impl SinkError {
 ///   particular order, however many there are (backends paginate internally). Objects of
 ///   interrupted puts are never listed.
 /// - **delete**: removes the object; deleting a missing key is `Ok` (idempotent).
+/// - **leftovers**: an interrupted put may leave a temp object under a [`leftover`] temp name;
+///   [`Sink::leftovers`] finds every one and [`Sink::remove_leftover`] removes it. A backend
+///   whose puts are single requests (S3) leaves none. A completed put leaves none.
 /// - **Errors**: never contain secrets; [`SinkError::retry`] says whether a retry can help.
 pub trait Sink: Send + Sync + fmt::Debug {
     /// Stores `data` under `key` atomically and durably, as `mode` says.
@@ -176,6 +181,16 @@ pub trait Sink: Send + Sync + fmt::Debug {
 
     /// Removes an object; a missing object is not an error.
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError>;
+
+    /// Temp objects of puts that have not finished, in directory `dir` (`""`, or a key followed
+    /// by `/`) and below. The sink cannot tell a put still running from one whose process died,
+    /// so callers remove them only when no put can be running (`ferry gc`, under the
+    /// repository's exclusive lock).
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError>;
+
+    /// Removes a leftover; one already gone is not an error. A put still writing to it then
+    /// fails; it never stores a partial object.
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError>;
 
     /// A short, secret-free description of where the data goes (`/srv/repo`, `s3://b/p`).
     fn location(&self) -> String;

@@ -23,8 +23,9 @@
 //!    by a racing writer that has not fsynced yet.
 //!
 //! The temp file is unlinked on every error path; a crash leaves at most a dot-file that no
-//! read or list can see. A `Create` put first checks whether the name exists, so a dedup hit
-//! costs a `stat` and a directory fsync instead of writing the data.
+//! read or list can see and that [`Sink::leftovers`] finds. A `Create` put first checks whether
+//! the name exists, so a dedup hit costs a `stat` and a directory fsync instead of writing the
+//! data.
 //!
 //! A delete fsyncs the directory as well: an object deleted before a crash stays deleted.
 //!
@@ -42,6 +43,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::leftover::{self, Leftover, temp_name};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
 
 /// Mode of object files (before the umask).
@@ -277,6 +279,57 @@ impl Sink for LocalSink {
             .map_err(|err| map_io_error(&self.location(), "delete", key.as_str(), err))
     }
 
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        let mut found = Vec::new();
+        let mut pending = vec![leftover::parse_dir(dir)?];
+        while let Some(rel) = pending.pop() {
+            let rel_str = rel.as_ref().map_or("", ObjectKey::as_str);
+            let error = |err| map_io_error(&self.location(), "leftovers", rel_str, err);
+            let entries = match fs::read_dir(self.path_of(rel_str)) {
+                Ok(entries) => entries,
+                Err(err) if is_missing(&err) => continue,
+                Err(err) => return Err(error(err)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(error)?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                // Not following symlinks: temp files are regular files made here.
+                let Ok(meta) = entry.metadata() else {
+                    continue; // removed since readdir
+                };
+                if meta.is_dir() {
+                    let child = match &rel {
+                        Some(rel) => format!("{rel}/{name}"),
+                        None => name,
+                    };
+                    if let Ok(child) = ObjectKey::new(child) {
+                        pending.push(Some(child));
+                    }
+                } else if meta.is_file() {
+                    found.extend(Leftover::new(rel.clone(), &name, meta.len()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        let rel = leftover.dir().map_or("", ObjectKey::as_str);
+        let removed = open_dir(&self.path_of(rel))
+            .and_then(|dir| rustix::fs::unlinkat(&dir, leftover.name(), AtFlags::empty()));
+        match removed {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(err) => Err(map_io_error(
+                &self.location(),
+                "remove leftover",
+                &leftover.to_string(),
+                err.into(),
+            )),
+        }
+    }
+
     fn location(&self) -> String {
         self.root.display().to_string()
     }
@@ -297,7 +350,7 @@ impl<'d> TempFile<'d> {
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
         let mut attempts = 0;
         loop {
-            let name = format!(".tmp-{:016x}", rand::random::<u64>());
+            let name = temp_name();
             match rustix::fs::openat(dir, &name, flags, Mode::from_raw_mode(FILE_MODE)) {
                 Ok(fd) => {
                     return Ok(TempFile {
@@ -609,6 +662,27 @@ mod tests {
         let (_dir, sink) = sink();
         let sink = crate::prefixed::Prefixed::new(std::sync::Arc::new(sink), "sub").unwrap();
         conformance::run_all(&sink);
+    }
+
+    /// Plants a temp file below `root` the way a put killed before its rename leaves it.
+    fn plant(root: &Path) -> impl Fn(&str, &str, &[u8]) + '_ {
+        move |dir, name, data| {
+            fs::create_dir_all(root.join(dir)).unwrap();
+            fs::write(root.join(dir).join(name), data).unwrap();
+        }
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_puts() {
+        let (dir, sink) = sink();
+        conformance::leftovers_are_found_and_removed(&sink, &plant(dir.path()));
+    }
+
+    #[test]
+    fn leftovers_through_prefixed() {
+        let (dir, sink) = sink();
+        let sink = crate::prefixed::Prefixed::new(std::sync::Arc::new(sink), "sub").unwrap();
+        conformance::leftovers_are_found_and_removed(&sink, &plant(&dir.path().join("sub")));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::{InvalidKey, ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
+use crate::{
+    InvalidKey, Leftover, ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError,
+};
 
 /// A sink whose every key lives under `prefix/` in an inner sink.
 #[derive(Debug)]
@@ -97,6 +99,33 @@ impl Sink for Prefixed {
 
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         self.inner.delete(&self.inner_key("delete", key)?)
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        crate::leftover::parse_dir(dir)?;
+        let inner = self.inner.leftovers(&format!("{}/{dir}", self.prefix))?;
+        inner
+            .into_iter()
+            .map(|leftover| {
+                let dir = leftover
+                    .dir()
+                    .expect("inner leftovers lie under the prefix");
+                let outer = if dir == &self.prefix {
+                    None
+                } else {
+                    Some(self.outer_key(dir)?)
+                };
+                Ok(leftover.with_dir(outer))
+            })
+            .collect()
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        let dir = match leftover.dir() {
+            Some(dir) => self.inner_key("remove leftover", dir)?,
+            None => self.prefix.clone(),
+        };
+        self.inner.remove_leftover(&leftover.with_dir(Some(dir)))
     }
 
     fn location(&self) -> String {

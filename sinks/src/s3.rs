@@ -35,6 +35,7 @@ use object_store::{
     RetryConfig,
 };
 
+use crate::leftover::{self, Leftover};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
 
 /// Most tries of one request (object_store's retry policy).
@@ -344,6 +345,17 @@ impl Sink for S3Sink {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", key.as_str(), e)),
         }
+    }
+
+    /// A put is one PutObject request (never a multipart upload): an interrupted one stores
+    /// nothing, so there are never leftovers.
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        leftover::parse_dir(dir)?;
+        Ok(Vec::new())
+    }
+
+    fn remove_leftover(&self, _leftover: &Leftover) -> Result<(), SinkError> {
+        Ok(())
     }
 
     fn location(&self) -> String {

@@ -22,6 +22,19 @@ fn conformance_on_an_export() {
 }
 
 #[test]
+fn leftovers_of_interrupted_puts_on_an_export() {
+    let scratch = Scratch::new("leftovers");
+    let sink = NfsSink::create(&scratch.config()).unwrap();
+    // What a put killed between CREATE and RENAME leaves: a temp file on the export.
+    let plant = |dir: &str, name: &str, data: &[u8]| {
+        let dir = scratch.local.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), data).unwrap();
+    };
+    conformance::leftovers_are_found_and_removed(&sink, &plant);
+}
+
+#[test]
 fn create_makes_private_directories_and_files() {
     let scratch = Scratch::new("modes");
     let mut config = scratch.config();

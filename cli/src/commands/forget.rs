@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::args::ForgetArgs;
 use crate::commands::{open_repo, print_json};
-use crate::time::utc;
+use ferry_engine::calendar::utc;
 
 #[derive(Serialize)]
 struct Row {

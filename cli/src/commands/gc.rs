@@ -28,6 +28,18 @@ pub fn run(args: GcArgs) -> Result<ExitCode> {
             report.chunks_deleted,
             human(report.bytes_freed)
         );
+        if report.leftovers_removed > 0 {
+            let verb = if report.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            println!(
+                "{verb} {} temp file(s) of interrupted writes, {}.",
+                report.leftovers_removed,
+                human(report.leftover_bytes)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

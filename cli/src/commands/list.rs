@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::args::ListArgs;
 use crate::commands::{open_repo, print_json};
 use crate::size::human;
-use crate::time::utc;
+use ferry_engine::calendar::utc;
 
 #[derive(Serialize)]
 struct Listed {

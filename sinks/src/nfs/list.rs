@@ -1,4 +1,5 @@
-//! The lazy walk behind [`NfsSink::list`](super::NfsSink): one READDIRPLUS page at a time,
+//! The lazy walk behind [`NfsSink::list`](super::NfsSink) and its leftovers: one READDIRPLUS
+//! page at a time,
 //! with the subdirectories still to visit on an explicit stack, so memory grows with one page
 //! and the number of pending directories, never with the number of objects.
 //!
@@ -6,8 +7,9 @@
 
 use std::collections::VecDeque;
 
-use super::wire::{CookieVerf, Entry, Handle, Status};
+use super::wire::{Attr, CookieVerf, Entry, Handle, Status};
 use super::{NfsSink, modified};
+use crate::leftover::{self, Leftover, is_temp_name};
 use crate::{ObjectKey, ObjectMeta, SinkError};
 
 /// A directory still to read.
@@ -35,6 +37,8 @@ pub(super) struct List<'a> {
     sink: &'a NfsSink,
     pending: Vec<Pending>,
     current: Option<Reading>,
+    /// Temp files of puts met on the way, when the walk was asked to collect them.
+    leftovers: Option<Vec<Leftover>>,
 }
 
 impl<'a> List<'a> {
@@ -51,7 +55,19 @@ impl<'a> List<'a> {
                 handle: None,
             }],
             current: None,
+            leftovers: None,
         }
+    }
+
+    /// Every temp file of a put in directory `dir` (`""` or `a/b/`) and below.
+    pub(super) fn leftovers(sink: &'a NfsSink, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        leftover::parse_dir(dir)?;
+        let mut walk = List::new(sink, dir);
+        walk.leftovers = Some(Vec::new());
+        for item in walk.by_ref() {
+            item?;
+        }
+        Ok(walk.leftovers.unwrap_or_default())
     }
 
     /// Starts reading the next pending directory; `Ok(false)` when none is left.
@@ -106,31 +122,53 @@ impl<'a> List<'a> {
         Ok(())
     }
 
+    /// The attributes of `entry`, looked up when READDIRPLUS left them out; `None` when it was
+    /// removed since.
+    fn attr_of(&self, entry: &Entry) -> Result<Option<Attr>, SinkError> {
+        if let Some(attr) = &entry.attr {
+            return Ok(Some(attr.clone()));
+        }
+        let reading = self.current.as_ref().expect("a directory is being read");
+        let path = format!("{}{}", reading.rel, entry.name);
+        self.sink.retrying("list", &path, |conn| {
+            match conn.lookup_attr(&reading.handle, &entry.name) {
+                Ok((_, attr)) => Ok(Some(attr)),
+                Err(e) if e.status() == Some(Status::NoEnt) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Records `entry` when it is a temp file of a put and leftovers are being collected.
+    fn note_leftover(&mut self, entry: &Entry) -> Result<(), SinkError> {
+        if self.leftovers.is_none() || !is_temp_name(&entry.name) {
+            return Ok(());
+        }
+        let Some(attr) = self.attr_of(entry)?.filter(Attr::is_file) else {
+            return Ok(());
+        };
+        let reading = self.current.as_ref().expect("a directory is being read");
+        let dir = ObjectKey::new(reading.rel.trim_end_matches('/')).ok();
+        let found = Leftover::new(dir, &entry.name, attr.size);
+        self.leftovers.get_or_insert_default().extend(found);
+        Ok(())
+    }
+
     /// The object an entry names, queuing it instead when it is a directory.
     fn visit(&mut self, entry: Entry) -> Option<Result<ObjectMeta, SinkError>> {
         let reading = self.current.as_ref().expect("a directory is being read");
         // Dot-names are `.`, `..` and temp files of puts, running or interrupted; never objects.
-        if entry.name.starts_with('.') || !entry.name.starts_with(&reading.name_prefix) {
+        if entry.name.starts_with('.') {
+            return self.note_leftover(&entry).err().map(Err);
+        }
+        if !entry.name.starts_with(&reading.name_prefix) {
             return None;
         }
         let key = ObjectKey::new(format!("{}{}", reading.rel, entry.name)).ok()?;
-        let attr = match entry.attr {
-            Some(attr) => attr,
-            None => {
-                let dir = reading.handle.clone();
-                let looked_up = self.sink.retrying("list", key.as_str(), |conn| {
-                    match conn.lookup_attr(&dir, &entry.name) {
-                        Ok((_, attr)) => Ok(Some(attr)),
-                        Err(e) if e.status() == Some(Status::NoEnt) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                });
-                match looked_up {
-                    Ok(Some(attr)) => attr,
-                    Ok(None) => return None, // deleted since READDIRPLUS
-                    Err(err) => return Some(Err(err)),
-                }
-            }
+        let attr = match self.attr_of(&entry) {
+            Ok(Some(attr)) => attr,
+            Ok(None) => return None, // deleted since READDIRPLUS
+            Err(err) => return Some(Err(err)),
         };
         if attr.is_dir() {
             if key.as_str().len() + 2 <= ObjectKey::MAX_LEN {

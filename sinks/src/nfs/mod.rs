@@ -48,6 +48,7 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::leftover::{Leftover, temp_name};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
 use wire::{Attr, Conn, Failure, Handle, MountError, Pool, Status};
 
@@ -307,7 +308,7 @@ impl NfsSink {
                 Err(e) => return Err(e),
             }
         }
-        let temp = format!(".tmp-{:016x}", rand::random::<u64>());
+        let temp = temp_name();
         let file = conn.create_new(&dir, &temp, FILE_MODE)?;
         let published = self
             .write_committed(conn, &file, data)
@@ -526,6 +527,23 @@ impl Sink for NfsSink {
             };
             match conn.remove(&dir, name) {
                 // NoEnt: never there, or our own REMOVE whose reply was lost.
+                Err(e) if e.status() == Some(Status::NoEnt) => Ok(()),
+                other => other,
+            }
+        })
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        list::List::leftovers(self, dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        let dir_path = leftover.dir().map_or("", ObjectKey::as_str);
+        self.retrying("remove leftover", &leftover.to_string(), |conn| {
+            let Some(dir) = self.resolve_dir(conn, dir_path, false)? else {
+                return Ok(());
+            };
+            match conn.remove(&dir, leftover.name()) {
                 Err(e) if e.status() == Some(Status::NoEnt) => Ok(()),
                 other => other,
             }

@@ -710,6 +710,74 @@ fn push_mode_point_in_time() {
     assert_image_eq(&vm.base_bytes(0), &expected, "base after a push backup");
 }
 
+/// A disk made from a template: a qcow2 over a raw backing image. Its image file alone is not
+/// the whole disk, so overlay mode (and an offline backup) refuse it, naming the backing image
+/// and pointing to push mode, and leave the domain as it was; push mode backs up what the guest
+/// sees, both layers, at the point in time.
+#[test]
+fn backing_chain_refused_by_overlay_mode_and_backed_up_by_push_mode() {
+    const TOP: (u8, u64, u64) = (0x5c, 3 * MIB, 2 * MIB);
+    let spec = standard_disk(Format::Raw, 1200);
+    let spec = DiskSpec {
+        format: Format::Qcow2,
+        ..spec
+    };
+    let spec = DiskSpec {
+        backing: true,
+        ..spec
+    }
+    .with_top(TOP.1, TOP.2, TOP.0);
+    let vm = TestVm::start("backing_chain", &[spec]);
+    let live = Live::new();
+    let backing = vm.dir().join("vda.backing.raw");
+    let backing_arg = backing.display().to_string();
+    let line = live
+        .backup(&vm, &[])
+        .error_line(&["vda", &backing_arg, "--mode push"]);
+    assert!(line.contains("backing image"), "{line}");
+    live.assert_clean(&vm, &[]);
+    assert_eq!(vm.state(), "running");
+    assert!(live.listed_snapshots().is_empty());
+
+    write(&vm, 0, A);
+    let hook = Hook::new(live.fx.tmp.path(), "hook", &[write_cmd(&vm, 0, B)], &[]);
+    let scratch = vm.subdir("scratch");
+    let scratch_arg = scratch.display().to_string();
+    let report = live.backup_ok(
+        &vm,
+        &[
+            "--mode",
+            "push",
+            "--scratch-dir",
+            &scratch_arg,
+            "--hook",
+            &hook.arg(),
+        ],
+    );
+    live.assert_clean(&vm, &[&scratch]);
+    let sid = snapshot_of(&report, &vm.bases());
+    let restored = live.fx.path("restored");
+    live.restore_disk(&sid, "vda", &restored);
+    let got = image_bytes(&restored, Format::Raw);
+    let initial = &vm.disk(0).initial;
+    let mut expected = initial.clone();
+    apply(&mut expected, A);
+    assert_has(&got, TOP, "restored: the qcow2 layer");
+    assert_has(&got, A, "restored: pattern A");
+    assert_lacks(&got, initial, B, "restored: pattern B");
+    assert_image_eq(
+        &got,
+        &expected,
+        "restored vda (backing image + qcow2 layer)",
+    );
+
+    vm.shutdown_hard();
+    let line = live
+        .backup(&vm, &[])
+        .error_line(&["vda", &backing_arg, "shut off"]);
+    assert!(line.contains("--mode push"), "{line}");
+}
+
 #[test]
 fn shut_off_domain_backs_up_offline() {
     let vm = TestVm::define(

@@ -13,7 +13,7 @@ use crate::libvirt::journal::Journal;
 use crate::libvirt::overlay::{self, DomainTarget, Quiesce};
 use crate::libvirt::recover::recover;
 use crate::libvirt::{
-    Hypervisor, check_standalone_image, domain_xml, ffi, is_running, push, select_disks,
+    FileCopy, Hypervisor, domain_xml, ffi, is_running, push, require_single_images, select_disks,
 };
 use crate::progress::Bar;
 
@@ -37,11 +37,11 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
     let xml = domain_xml(&domain)?;
     let all_disks = crate::libvirt::domain_xml::disks(&xml)?;
     let disks = select_disks(&xml, &args.disks)?;
-    for disk in &disks {
-        check_standalone_image(
-            &disk.target,
-            disk.source.as_deref().expect("selected disks have images"),
-        )?;
+    let running = is_running(&domain)?;
+    match (running, args.mode) {
+        (false, _) => require_single_images(&disks, FileCopy::Offline)?,
+        (true, ModeChoice::Overlay) => require_single_images(&disks, FileCopy::Overlay)?,
+        (true, ModeChoice::Push) => {}
     }
     let mut options = engine_options(args, repo, name)?;
     options.domain_xml = Some(xml);
@@ -65,7 +65,7 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
         journal: &journal,
     };
 
-    if !is_running(&domain)? {
+    if !running {
         log::info!("domain {name} is shut off: backing up its images offline");
         let pending = copy(repo, &base_sources, &options, &bar)
             .with_context(|| format!("offline backup of domain {name} failed"))?;

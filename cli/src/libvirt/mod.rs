@@ -104,9 +104,10 @@ pub fn is_running(domain: &Domain) -> Result<bool> {
 }
 
 /// The disks to back up: every `device='disk'` when `wanted` is empty, else exactly the named
-/// targets. Refuses, naming the disk, what Ferry cannot back up: non-file disks, disks with a
-/// backing chain (the base alone would not be the whole disk), formats other than raw and
-/// qcow2.
+/// targets. Refuses, naming the disk, what Ferry cannot back up: non-file disks, formats other
+/// than raw and qcow2, and a disk still on a Ferry overlay (left by a crash: `ferry recover`).
+/// Disks with a backing chain are selected; modes that copy image files refuse them with
+/// [`require_single_images`].
 pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
     let all = domain_xml::disks(xml)?;
     for target in wanted {
@@ -142,9 +143,9 @@ pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
                 disk.source_type
             );
         }
-        if disk.source.is_none() {
+        let Some(source) = disk.source.as_deref() else {
             bail!("disk {t} has no image (empty drive)");
-        }
+        };
         match disk.format.as_deref() {
             Some("raw") | Some("qcow2") => {}
             other => bail!(
@@ -152,42 +153,79 @@ pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
                 other.unwrap_or("unknown")
             ),
         }
-        if let Some(backing) = &disk.backing {
-            let source = disk.source.as_deref().unwrap_or(Path::new(""));
-            if source.to_string_lossy().contains(OVERLAY_MARK) {
-                bail!(
-                    "disk {t} is still on a Ferry overlay ({}); run `ferry recover`",
-                    source.display()
-                );
-            }
+        if disk.backing.is_some() && source.to_string_lossy().contains(OVERLAY_MARK) {
             bail!(
-                "disk {t} ({}) has a backing image ({}); Ferry backs up single-image disks",
-                source.display(),
-                backing.display()
+                "disk {t} is still on a Ferry overlay ({}); run `ferry recover`",
+                source.display()
             );
         }
     }
     Ok(selected)
 }
 
-/// Refuses a qcow2 image that has a backing file: its own file is not the whole disk. (The live
-/// XML shows chains of running domains; a shut-off domain's XML may not, so the image header is
-/// read.)
-pub fn check_standalone_image(target: &str, path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the image of disk {target}: {}", path.display()))?;
-    let n = file.read(&mut head).unwrap_or(0);
-    let qcow2 = n == 16 && head[..4] == *b"QFI\xfb";
-    let backing_offset = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
-    if qcow2 && backing_offset != 0 {
-        bail!(
-            "disk {target} ({}) is a qcow2 image with a backing file; Ferry backs up single-image disks",
-            path.display()
-        );
+/// Why a backup copies image files rather than what the guest sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileCopy {
+    /// Overlay mode: the frozen images are copied.
+    Overlay,
+    /// The domain is shut off: its images are copied.
+    Offline,
+}
+
+/// Refuses disks whose image is not the whole disk (a backing chain), for backups that copy
+/// image files: the chain shown in the domain XML, and the image header's backing file (a
+/// shut-off domain's XML may not show its chain). Push mode copies what the guest sees,
+/// chain included, so the error says to use it.
+pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
+    let advice = match copy {
+        FileCopy::Overlay => "use --mode push, which copies what the guest sees, chain included",
+        FileCopy::Offline => {
+            "the domain is shut off, so its image files are copied; start it and use --mode push, \
+             or flatten the chain (qemu-img convert)"
+        }
+    };
+    for disk in disks {
+        let t = &disk.target;
+        let source = disk.source.as_deref().expect("selected disks have images");
+        let backing = match &disk.backing {
+            Some(backing) => Some(backing.display().to_string()),
+            None => qcow2_backing_file(t, source)?,
+        };
+        if let Some(backing) = backing {
+            bail!(
+                "disk {t} ({}) has a backing image ({backing}), so its image file alone is not the \
+                 whole disk: {advice}",
+                source.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// The backing file named in a qcow2 image's header (`Some("?")` when unreadable), `None` for a
+/// standalone qcow2 or any other image.
+fn qcow2_backing_file(target: &str, path: &Path) -> Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the image of disk {target}: {}", path.display()))?;
+    let mut head = [0u8; 20];
+    let n = file.read(&mut head).unwrap_or(0);
+    if n < head.len() || head[..4] != *b"QFI\xfb" {
+        return Ok(None);
+    }
+    let offset = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
+    if offset == 0 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes")).min(1023) as usize;
+    let mut name = vec![0u8; len];
+    let read = file
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut name));
+    Ok(Some(match read {
+        Ok(()) => String::from_utf8_lossy(&name).into_owned(),
+        Err(_) => "?".to_owned(),
+    }))
 }
 
 /// A temporary file name beside (or in `dir`) for the image `base`:
@@ -253,14 +291,25 @@ mod tests {
                 .to_string()
                 .contains("network")
         );
-        let chained = xml(
+        let on_overlay = xml(
             "<disk type='file' device='disk'><driver type='qcow2'/><source file='/i/x.ferry-overlay-1-a.qcow2'/><backingStore type='file'><source file='/i/x'/></backingStore><target dev='vda'/></disk>",
         );
         assert!(
-            select_disks(&chained, &[])
+            select_disks(&on_overlay, &[])
                 .unwrap_err()
                 .to_string()
                 .contains("ferry recover")
+        );
+        let chained = xml(
+            "<disk type='file' device='disk'><driver type='qcow2'/><source file='/i/top.qcow2'/><backingStore type='file'><source file='/i/base.raw'/></backingStore><target dev='vda'/></disk>",
+        );
+        let disks = select_disks(&chained, &[]).unwrap();
+        let err = require_single_images(&disks, FileCopy::Overlay)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/i/base.raw") && err.contains("--mode push"),
+            "{err}"
         );
         let vmdk = xml(
             "<disk type='file' device='disk'><driver type='vmdk'/><source file='/i/x'/><target dev='vda'/></disk>",

@@ -202,6 +202,10 @@ pub struct DiskSpec {
     pub format: Format,
     pub size: u64,
     pub regions: Vec<(u64, u64, Fill)>,
+    /// qcow2 only: `regions` go into a raw backing image, `top` into the qcow2 on top of it.
+    pub backing: bool,
+    /// Byte fills written into the qcow2 layer over the backing image.
+    pub top: Vec<(u64, u64, u8)>,
 }
 
 impl DiskSpec {
@@ -210,15 +214,31 @@ impl DiskSpec {
             format: Format::Raw,
             size,
             regions: Vec::new(),
+            backing: false,
+            top: Vec::new(),
         }
     }
 
     pub fn qcow2(size: u64) -> DiskSpec {
         DiskSpec {
             format: Format::Qcow2,
-            size,
-            regions: Vec::new(),
+            ..DiskSpec::raw(size)
         }
+    }
+
+    /// A qcow2 disk over a raw backing image (a VM made from a template).
+    pub fn qcow2_on_backing(size: u64) -> DiskSpec {
+        DiskSpec {
+            backing: true,
+            ..DiskSpec::qcow2(size)
+        }
+    }
+
+    /// Fills `len` bytes at `offset` with `byte` in the qcow2 layer over the backing image.
+    pub fn with_top(mut self, offset: u64, len: u64, byte: u8) -> DiskSpec {
+        assert!(self.backing && offset + len <= self.size);
+        self.top.push((offset, len, byte));
+        self
     }
 
     /// Adds `len` bytes of `fill` at `offset` (later regions overwrite earlier ones).
@@ -234,6 +254,9 @@ impl DiskSpec {
         for &(offset, len, fill) in &self.regions {
             data[offset as usize..(offset + len) as usize]
                 .copy_from_slice(&fill.bytes(len as usize));
+        }
+        for &(offset, len, byte) in &self.top {
+            fill(&mut data, byte, offset, len);
         }
         data
     }
@@ -439,9 +462,10 @@ impl TestVm {
             let target = format!("vd{}", (b'a' + i as u8) as char);
             let path = base.join(format!("{target}.{}", spec.format.as_str()));
             let initial = spec.content();
-            let raw_path = match spec.format {
-                Format::Raw => path.clone(),
-                Format::Qcow2 => base.join(format!("{target}.initial.raw")),
+            let raw_path = match (spec.format, spec.backing) {
+                (Format::Raw, _) => path.clone(),
+                (Format::Qcow2, false) => base.join(format!("{target}.initial.raw")),
+                (Format::Qcow2, true) => base.join(format!("{target}.backing.raw")),
             };
             // A sparse raw file holding only the initial regions.
             let file = std::fs::File::create(&raw_path).expect("create a disk image");
@@ -453,7 +477,22 @@ impl TestVm {
             }
             file.sync_all().expect("sync a disk image");
             drop(file);
-            if spec.format == Format::Qcow2 {
+            if spec.backing {
+                run_ok(
+                    Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                        .arg(&raw_path)
+                        .arg(&path),
+                );
+                for &(offset, len, byte) in &spec.top {
+                    run_ok(
+                        Command::new("qemu-io")
+                            .args(["-f", "qcow2", "-c"])
+                            .arg(format!("write -P {byte:#04x} {offset} {len}"))
+                            .arg(&path),
+                    );
+                }
+            } else if spec.format == Format::Qcow2 {
                 run_ok(
                     Command::new("qemu-img")
                         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])

@@ -5,15 +5,16 @@
 #
 # The image is `ferry gen-image --seed 1` (about 40% holes and zeros, 30% compressible, 30%
 # random), made once per size under DIR and reused. Each run times one tool writing one full
-# copy of it into DIR; outputs are deleted after each run (untimed). Cold runs drop the page
-# cache first (root only). Needs: ferry (built here unless --ferry), cp, qemu-img; zstd and
+# copy of it into DIR; outputs are deleted after each run (untimed). `ferry restore` writes the
+# image back from a repository holding one backup of it (cold cache only). Cold runs drop the
+# page cache first (root only). Needs: ferry (built here unless --ferry), cp, qemu-img; zstd and
 # restic are compared when installed.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
 readonly RESTIC_DUMMY_PASSWORD=ferry-compare-dummy
-readonly ALL_TOOLS=(ferry cp qemu zstd restic)
+readonly ALL_TOOLS=(ferry restore cp qemu zstd restic)
 readonly CACHE_STATES=(cold warm)
 
 SIZE_ARG=4G
@@ -134,7 +135,7 @@ select_tools() {
     local tool
     for tool in "${ALL_TOOLS[@]}"; do
         case $tool in
-            ferry | cp) TOOLS+=("$tool") ;;
+            ferry | restore | cp) TOOLS+=("$tool") ;;
             *)
                 if have "$(tool_command "$tool")"; then
                     TOOLS+=("$tool")
@@ -212,6 +213,21 @@ ferry_run() {
 ferry_output() { ferry_repo "$1"; }
 ferry_cleanup() { rm -rf "$(ferry_repo "$1")"; }
 
+# ferry restore: the image from a repository holding one backup of it (made once, untimed), to
+# a new sparse file. Cold only: its input is the repository, not the image.
+restore_repo() { echo "$WORK_DIR/restore-repo"; }
+restore_prepare() {
+    rm -f "$WORK_DIR/restored.img"
+    [[ -d $(restore_repo) ]] && return 0
+    "$FERRY" init --repo "$(restore_repo)" >/dev/null
+    "$FERRY" backup --image "$IMG" --repo "$(restore_repo)" >/dev/null
+}
+restore_run() {
+    "$FERRY" restore --repo "$(restore_repo)" latest --to "$WORK_DIR/restored.img" >"$2" 2>&1 && sync
+}
+restore_output() { echo "$WORK_DIR/restored.img"; }
+restore_cleanup() { rm -f "$WORK_DIR/restored.img"; }
+
 cp_prepare() { rm -f "$WORK_DIR/cp.img"; }
 cp_run() { cp "$IMG" "$WORK_DIR/cp.img" >"$2" 2>&1 && sync; }
 cp_output() { echo "$WORK_DIR/cp.img"; }
@@ -250,6 +266,7 @@ tool_command() {
 tool_label() {
     case $1 in
         ferry) echo "ferry backup${ZSTD_LEVEL:+ (zstd $ZSTD_LEVEL)}" ;;
+        restore) echo "ferry restore" ;;
         cp) echo "cp" ;;
         qemu) echo "qemu-img convert -O raw" ;;
         zstd) echo "zstd -T0 -3" ;;
@@ -307,6 +324,7 @@ run_all() {
     for cache in "${CACHE_STATES[@]}"; do
         for ((run = 1; run <= RUNS; run++)); do
             for tool in "${TOOLS[@]}"; do
+                [[ $tool == restore && $cache == warm ]] && continue
                 measure "$tool" "$cache" "$run"
             done
         done
@@ -323,6 +341,7 @@ print_table() {
     for cache in "${CACHE_STATES[@]}"; do
         cp_secs=$(median_of cp "$cache")
         for tool in "${TOOLS[@]}"; do
+            [[ -n ${TIMES["$tool|$cache"]:-} ]] || continue
             secs=$(median_of "$tool" "$cache")
             printf '%-28s %-5s %9.2f %9.1f %7.2f %10.1f  %s\n' \
                 "$(tool_label "$tool")" "$cache" "$secs" \
@@ -341,6 +360,8 @@ print_ratios() {
     cp_cold=$(median_of cp cold)
     echo
     printf 'ferry/cp cold = %.2f\n' "$(calc 'f / c' f="$ferry_cold" c="$cp_cold")"
+    printf 'ferry restore/cp cold = %.2f\n' \
+        "$(calc 'r / c' r="$(median_of restore cold)" c="$cp_cold")"
     if [[ -n ${TIMES["restic|cold"]:-} ]]; then
         printf 'restic/ferry cold = %.2f\n' "$(calc 'r / f' r="$(median_of restic cold)" f="$ferry_cold")"
     fi
@@ -368,7 +389,8 @@ cleanup_outputs() {
         rm -rf "$(ferry_repo "$run")" "$(restic_repo "$run")" "$WORK_DIR/restic-cache-$run" \
             "$WORK_DIR/ferry-$run.json"
     done
-    rm -f "$WORK_DIR/cp.img" "$WORK_DIR/convert.img" "$WORK_DIR/img.zst"
+    rm -rf "$(restore_repo)"
+    rm -f "$WORK_DIR/cp.img" "$WORK_DIR/convert.img" "$WORK_DIR/img.zst" "$WORK_DIR/restored.img"
 }
 
 main() {

@@ -166,6 +166,80 @@ impl ChunkDecoder {
         id: &ChunkId,
         max_raw_len: usize,
     ) -> Result<Vec<u8>, ChunkDecodeError> {
+        let parsed = Parsed::of(object, max_raw_len)?;
+        let mut raw = vec![0; parsed.raw_len];
+        self.decode_parsed(&parsed, id, &mut raw)?;
+        Ok(raw)
+    }
+
+    /// Like [`decode`](Self::decode), into `out` (whose length is the largest raw length
+    /// accepted) instead of a new vector: returns the raw length, the bytes being
+    /// `out[..len]`. Restore decodes into page-aligned buffers this way.
+    pub fn decode_into(
+        &mut self,
+        object: &[u8],
+        id: &ChunkId,
+        out: &mut [u8],
+    ) -> Result<usize, ChunkDecodeError> {
+        let parsed = Parsed::of(object, out.len())?;
+        self.decode_parsed(&parsed, id, &mut out[..parsed.raw_len])?;
+        Ok(parsed.raw_len)
+    }
+
+    /// Fills `raw` (exactly the header's raw length) from the payload and checks the id.
+    fn decode_parsed(
+        &mut self,
+        parsed: &Parsed<'_>,
+        id: &ChunkId,
+        raw: &mut [u8],
+    ) -> Result<(), ChunkDecodeError> {
+        let raw_len = raw.len();
+        let mismatch = |payload| ChunkDecodeError::LengthMismatch {
+            payload,
+            raw: raw_len,
+        };
+        match parsed.codec {
+            CODEC_STORED => {
+                if parsed.payload.len() != raw.len() {
+                    return Err(mismatch(parsed.payload.len()));
+                }
+                raw.copy_from_slice(parsed.payload);
+            }
+            CODEC_ZSTD => {
+                let decompressor = match &mut self.decompressor {
+                    Some(d) => d,
+                    None => self.decompressor.insert(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| ChunkDecodeError::Decompress(e.to_string()))?,
+                    ),
+                };
+                let n = decompressor
+                    .decompress_to_buffer(parsed.payload, &mut *raw)
+                    .map_err(|e| ChunkDecodeError::Decompress(e.to_string()))?;
+                if n != raw.len() {
+                    return Err(mismatch(n));
+                }
+            }
+            other => return Err(ChunkDecodeError::UnknownCodec(other)),
+        }
+        let actual = ChunkId::of(raw);
+        if actual != *id {
+            return Err(ChunkDecodeError::IdMismatch { actual });
+        }
+        Ok(())
+    }
+}
+
+/// A chunk object's checked header and its payload.
+struct Parsed<'a> {
+    codec: u8,
+    raw_len: usize,
+    payload: &'a [u8],
+}
+
+impl Parsed<'_> {
+    /// Checks magic, version, reserved bytes and that the raw length is at most `max_raw_len`.
+    fn of(object: &[u8], max_raw_len: usize) -> Result<Parsed<'_>, ChunkDecodeError> {
         if object.len() < CHUNK_HEADER_LEN {
             return Err(ChunkDecodeError::Truncated(object.len()));
         }
@@ -187,33 +261,11 @@ impl ChunkDecoder {
                 max: max_raw_len,
             });
         }
-        let raw = match head[5] {
-            CODEC_STORED => payload.to_vec(),
-            CODEC_ZSTD => {
-                let decompressor = match &mut self.decompressor {
-                    Some(d) => d,
-                    None => self.decompressor.insert(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| ChunkDecodeError::Decompress(e.to_string()))?,
-                    ),
-                };
-                decompressor
-                    .decompress(payload, raw_len_usize)
-                    .map_err(|e| ChunkDecodeError::Decompress(e.to_string()))?
-            }
-            other => return Err(ChunkDecodeError::UnknownCodec(other)),
-        };
-        if raw.len() != raw_len_usize {
-            return Err(ChunkDecodeError::LengthMismatch {
-                payload: raw.len(),
-                raw: raw_len_usize,
-            });
-        }
-        let actual = ChunkId::of(&raw);
-        if actual != *id {
-            return Err(ChunkDecodeError::IdMismatch { actual });
-        }
-        Ok(raw)
+        Ok(Parsed {
+            codec: head[5],
+            raw_len: raw_len_usize,
+            payload,
+        })
     }
 }
 
@@ -337,6 +389,20 @@ mod tests {
             let raw = vec![byte; len];
             let object = encode(&raw);
             prop_assert_eq!(decode_chunk(&object, &ChunkId::of(&raw), len).unwrap(), raw);
+        }
+
+        #[test]
+        fn decode_into_matches_decode(raw in proptest::collection::vec(0u8..4, 0..20_000), spare in 0usize..64) {
+            let object = encode(&raw);
+            let id = ChunkId::of(&raw);
+            let mut out = vec![0xee; raw.len() + spare];
+            let n = ChunkDecoder::new().decode_into(&object, &id, &mut out).unwrap();
+            prop_assert_eq!(&out[..n], &raw[..]);
+            if !raw.is_empty() {
+                let short = ChunkDecoder::new().decode_into(&object, &id, &mut out[..raw.len() - 1]);
+                let too_large = matches!(short, Err(ChunkDecodeError::TooLarge { .. }));
+                prop_assert!(too_large);
+            }
         }
 
         #[test]

@@ -720,3 +720,43 @@ fn gc_is_refused_while_verify_quarantines() {
     let swept = gc(&repo, false).unwrap();
     assert_eq!(swept.chunks_deleted, 0);
 }
+
+/// A restored file has holes for zero chunks and for runs of zero 4 KiB blocks inside data
+/// chunks, and the same bytes as the image (with and without a short tail).
+#[test]
+fn restore_leaves_holes_for_zero_blocks_inside_chunks() {
+    use rustix::fs::{SeekFrom, seek};
+    let dir = tempfile::tempdir().unwrap();
+    let chunk = CHUNK as usize;
+    for tail in [0usize, 1000] {
+        let mut data = noise(80, 3 * chunk + tail);
+        data[16 << 10..48 << 10].fill(0); // zero blocks inside chunk 0
+        data[chunk..2 * chunk].fill(0); // a written zero chunk
+        let image = dir.path().join(format!("sparse-{tail}.img"));
+        std::fs::write(&image, &data).unwrap();
+        let repo = new_repo(Arc::new(MemorySink::new()));
+        let done = backup(
+            &repo,
+            &[DiskSource::new("a", image.clone())],
+            &options(ReaderMode::Auto),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_restores_to(&repo, &done.snapshot, &image);
+        let restored = std::fs::File::open(image.with_extension("restored")).unwrap();
+        let hole = |from: u64| seek(&restored, SeekFrom::Hole(from)).unwrap();
+        let data_at = |from: u64| seek(&restored, SeekFrom::Data(from)).unwrap();
+        assert_eq!(hole(0), 16 << 10, "tail {tail}: no hole inside chunk 0");
+        assert_eq!(
+            data_at(16 << 10),
+            48 << 10,
+            "tail {tail}: zero blocks were written"
+        );
+        assert_eq!(hole(48 << 10), u64::from(CHUNK), "tail {tail}");
+        assert_eq!(
+            data_at(u64::from(CHUNK)),
+            2 * u64::from(CHUNK),
+            "tail {tail}"
+        );
+    }
+}

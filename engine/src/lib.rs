@@ -75,7 +75,8 @@
 //! to a slow store can. restic's lock (exclusive prune, shared backups) is what Ferry does: gc
 //! never guesses, at the price that it runs only when no backup does (it refuses, naming the
 //! holder, and the caller retries). Stale locks (not refreshed for 30 minutes by the sink's
-//! clock, or held by a dead process on this host) do not block gc, and gc removes them.
+//! clock, or held by a dead process of this host, boot and pid namespace) do not block gc, and gc
+//! removes them.
 //!
 //! Forget beside a backup: the backup may have taken its known ids from a manifest that forget
 //! removes meanwhile; its chunks stay, because gc cannot run until the backup has published a

@@ -19,7 +19,10 @@
 //! by gc), when its object is older than [`STALE_AFTER`] by the sink's own clock (the acquirer
 //! compares against the modification time of the lock it just wrote, so hosts' clocks do not
 //! matter), or when it names this host and a process that no longer exists (a backup killed
-//! with SIGKILL on this host does not block gc for half an hour).
+//! with SIGKILL on this host does not block gc for half an hour). "This host" means the same
+//! hostname, kernel boot and pid namespace ([`LockInfo::pid_scope`]): containers that share a
+//! hostname, or a host rebooted since, cannot see the holder's pid, so for them only the age
+//! counts. Locks written without a pid scope are judged by age only.
 //!
 //! A holder whose lock vanished (gc judged it stale, say after the process was suspended for
 //! longer than [`STALE_AFTER`]) finds out at its next refresh or at [`RepoLock::check`], which a
@@ -69,6 +72,18 @@ pub struct LockInfo {
     /// resumes an interrupted one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Where `pid` names a process: the kernel's boot id and the holder's pid namespace
+    /// (`<boot id>/pid:[<inode>]`). Only a process in the same scope can tell from `/proc`
+    /// that the holder is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_scope: Option<String>,
+}
+
+/// This process's [`LockInfo::pid_scope`], when `/proc` tells it.
+pub fn pid_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), namespace.to_str()?))
 }
 
 /// A held lock. Dropping it stops the refresher and deletes the lock object.
@@ -113,6 +128,7 @@ impl RepoLock {
                 .unwrap_or_default()
                 .as_secs(),
             name: name.map(str::to_owned),
+            pid_scope: pid_scope(),
         }
     }
 
@@ -229,13 +245,16 @@ fn lock_key(name: &str) -> ObjectKey {
 }
 
 /// Whether a lock can be ignored: older than [`STALE_AFTER`] relative to `now` (both times by
-/// the sink's clock), or held by a process of this host that no longer exists.
+/// the sink's clock), or held by a process of this host, boot and pid namespace that no longer
+/// exists.
 fn is_stale(info: Option<&LockInfo>, modified: SystemTime, now: SystemTime) -> bool {
     if now.duration_since(modified).unwrap_or_default() > STALE_AFTER {
         return true;
     }
     info.is_some_and(|info| {
         info.hostname == crate::backup::hostname()
+            && info.pid_scope.is_some()
+            && info.pid_scope == pid_scope()
             && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
     })
 }
@@ -306,7 +325,28 @@ mod tests {
             pid: dead_pid,
             created_unix: 0,
             name: None,
+            pid_scope: pid_scope(),
         };
+        assert!(info.pid_scope.is_some(), "no pid scope from /proc");
+        // The same pid seen from another pid namespace, another boot, or by a lock that does
+        // not say: that process may well be alive, so the lock holds until it is old.
+        for scope in [Some("another-boot/pid:[4026531836]".to_owned()), None] {
+            let elsewhere = LockInfo {
+                pid_scope: scope,
+                ..info.clone()
+            };
+            let key = lock_key("elsewhere");
+            repo.sink()
+                .put(
+                    &key,
+                    &serde_json::to_vec(&elsewhere).unwrap(),
+                    PutMode::Create,
+                )
+                .unwrap();
+            let err = RepoLock::acquire(&repo, LockKind::Exclusive, "gc").unwrap_err();
+            assert!(matches!(err, EngineError::Locked { .. }), "{err}");
+            repo.sink().delete(&key).unwrap();
+        }
         let key = lock_key("dead");
         repo.sink()
             .put(&key, &serde_json::to_vec(&info).unwrap(), PutMode::Create)
@@ -329,6 +369,7 @@ mod tests {
             pid: 1,
             created_unix: 0,
             name: None,
+            pid_scope: None,
         };
         let key = lock_key("other");
         repo.sink()
@@ -359,6 +400,7 @@ mod tests {
             pid: 1,
             created_unix: 0,
             name: None,
+            pid_scope: None,
         };
         assert!(is_stale(Some(&other_host), old, now));
         assert!(!is_stale(Some(&other_host), fresh, now));

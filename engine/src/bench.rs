@@ -73,6 +73,13 @@ pub fn run_bench(
 ) -> Result<BenchReport, EngineError> {
     let source = ImageSource::open(image, true)?;
     let (read, sample, reader) = read_stage(&source, options, sample_limit)?;
+    if sample.is_empty() {
+        return Err(EngineError::InvalidOption(format!(
+            "image {} holds no data (only holes and zeros): the hash, compress and write stages \
+             have nothing to measure",
+            image.display()
+        )));
+    }
     let workers = options.workers.max(1);
     let sample_bytes: u64 = sample.iter().map(|c| c.len() as u64).sum();
 

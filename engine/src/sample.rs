@@ -123,9 +123,12 @@ pub fn generate(path: &Path, size: u64, seed: u64) -> Result<SampleSummary, Engi
     };
     let mut buf = vec![0u8; MIB as usize];
     let mut text = Vec::with_capacity(MIB as usize + 256);
+    // Runs are 1 to 16 units long: 1 MiB from 256 MiB up (so large samples stay as they
+    // always were), smaller for small images (down to 64 KiB), so every size gets a mix.
+    let unit = (size / 256 / 4096 * 4096).clamp(64 << 10, MIB);
     let mut offset = 0u64;
     while offset < size {
-        let run = (1 + rng.below(16)) * MIB;
+        let run = (1 + rng.below(16)) * unit;
         let kind = match rng.below(100) {
             0..25 => Kind::Hole,
             25..40 => Kind::Zero,
@@ -183,6 +186,18 @@ mod tests {
             sa.size
         );
         assert!(sa.text_bytes > 0 && sa.random_bytes > 0, "{sa:?}");
+        // Small samples are mixed too (runs shrink with the size).
+        for seed in [1, 7] {
+            let small = dir.path().join(format!("small-{seed}"));
+            let summary = generate(&small, 16 * MIB, seed).unwrap();
+            let kinds = [
+                summary.hole_bytes,
+                summary.zero_bytes,
+                summary.text_bytes,
+                summary.random_bytes,
+            ];
+            assert!(kinds.iter().all(|&k| k > 0), "seed {seed}: {summary:?}");
+        }
         assert!(
             generate(&a, MIB, 7).is_err(),
             "existing files are never overwritten"

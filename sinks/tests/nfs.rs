@@ -35,6 +35,28 @@ fn leftovers_of_interrupted_puts_on_an_export() {
 }
 
 #[test]
+fn remove_empty_dirs_removes_a_tree_without_files_and_keeps_what_holds_one() {
+    let scratch = Scratch::new("prune");
+    let sink = NfsSink::create(&scratch.config()).unwrap();
+    for k in ["gone/a/b/x", "gone/c/y", "part/empty/z", "part/keep/obj"] {
+        sink.put(&key(k), b"data", PutMode::Create).unwrap();
+    }
+    for k in ["gone/a/b/x", "gone/c/y", "part/empty/z"] {
+        sink.delete(&key(k)).unwrap();
+    }
+    sink.remove_empty_dirs("gone/").unwrap();
+    sink.remove_empty_dirs("part/").unwrap();
+    sink.remove_empty_dirs("never/was/").unwrap();
+    assert!(!scratch.local.join("gone").exists());
+    assert!(!scratch.local.join("part/empty").exists());
+    assert_eq!(sink.get(&key("part/keep/obj")).unwrap(), b"data");
+    // The cached handles of removed directories are gone too: a put there works again.
+    sink.put(&key("gone/a/b/x"), b"again", PutMode::Create)
+        .unwrap();
+    assert_eq!(sink.get(&key("gone/a/b/x")).unwrap(), b"again");
+}
+
+#[test]
 fn create_makes_private_directories_and_files() {
     let scratch = Scratch::new("modes");
     let mut config = scratch.config();

@@ -11,6 +11,8 @@ use ferry_engine::config::check_chunk_size;
 use ferry_engine::sample::generate;
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
+use ferry_sinks::nfs::NfsSink;
+use ferry_sinks::prefixed::Prefixed;
 
 use crate::args::BenchArgs;
 use crate::commands::print_json;
@@ -29,18 +31,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             path
         }
     };
+    let prefix = format!("ferry-bench-{:08x}", rand::random::<u32>());
+    let mut nfs_dirs = None;
     let (sink, cleanup_dir): (Arc<dyn Sink>, Option<PathBuf>) = match &args.repo {
         None => (Arc::new(LocalSink::create(scratch.join("repo"))?), None),
         Some(url) => match RepoUrl::parse(url)? {
             // Object stores and filers: a throwaway prefix of the repository.
-            repo @ (RepoUrl::S3 { .. } | RepoUrl::Nfs(_)) => {
-                let sink = repo.open()?;
-                let prefix = format!("ferry-bench-{:08x}", rand::random::<u32>());
-                let prefixed = ferry_sinks::prefixed::Prefixed::new(sink, &prefix)?;
-                (Arc::new(prefixed), None)
+            RepoUrl::Nfs(config) => {
+                let nfs = Arc::new(NfsSink::open(&config)?);
+                nfs_dirs = Some(Arc::clone(&nfs));
+                (Arc::new(Prefixed::new(nfs, &prefix)?), None)
             }
+            repo @ RepoUrl::S3 { .. } => (Arc::new(Prefixed::new(repo.open()?, &prefix)?), None),
             RepoUrl::Local(path) => {
-                let dir = path.join(format!(".ferry-bench-{:08x}", rand::random::<u32>()));
+                let dir = path.join(format!(".{prefix}"));
                 (Arc::new(LocalSink::create(&dir)?), Some(dir))
             }
         },
@@ -62,6 +66,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(dir) = cleanup_dir {
         let _ = std::fs::remove_dir_all(dir);
+    }
+    // On NFS the prefix's directories outlive its objects.
+    if let Some(nfs) = nfs_dirs
+        && let Err(e) = nfs.remove_empty_dirs(&format!("{prefix}/"))
+    {
+        log::warn!("cannot remove the benchmark's directories {prefix}/: {e}");
     }
     let _ = std::fs::remove_dir_all(&scratch);
     let report = result.context("benchmark failed")?;

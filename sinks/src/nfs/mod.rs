@@ -41,6 +41,7 @@
 //! uploader threads are that many requests in flight.
 
 mod list;
+mod prune;
 mod wire;
 
 use std::collections::HashMap;

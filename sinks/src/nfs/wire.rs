@@ -54,6 +54,7 @@ pub(super) enum Status {
     Exist,
     NotDir,
     IsDir,
+    NotEmpty,
     Perm,
     Access,
     NoSpc,
@@ -73,6 +74,7 @@ impl From<nfsstat3> for Status {
             nfsstat3::NFS3ERR_EXIST => Status::Exist,
             nfsstat3::NFS3ERR_NOTDIR => Status::NotDir,
             nfsstat3::NFS3ERR_ISDIR => Status::IsDir,
+            nfsstat3::NFS3ERR_NOTEMPTY => Status::NotEmpty,
             nfsstat3::NFS3ERR_PERM => Status::Perm,
             nfsstat3::NFS3ERR_ACCES => Status::Access,
             nfsstat3::NFS3ERR_NOSPC => Status::NoSpc,
@@ -94,6 +96,7 @@ impl fmt::Display for Status {
             Status::Exist => "already exists (NFS3ERR_EXIST)",
             Status::NotDir => "not a directory (NFS3ERR_NOTDIR)",
             Status::IsDir => "is a directory (NFS3ERR_ISDIR)",
+            Status::NotEmpty => "directory not empty (NFS3ERR_NOTEMPTY)",
             Status::Perm | Status::Access => "permission denied (NFS3ERR_ACCES)",
             Status::NoSpc => "no space left on the server (NFS3ERR_NOSPC)",
             Status::Dquot => "quota exceeded (NFS3ERR_DQUOT)",
@@ -687,6 +690,13 @@ impl Conn<'_> {
         };
         self.call("REMOVE", async |c| c.remove(&args).await)
             .map(drop)
+    }
+
+    pub(super) fn rmdir(&mut self, dir: &Handle, name: &str) -> Result<(), Failure> {
+        let args = p::RMDIR3args {
+            object: dirop(dir, name),
+        };
+        self.call("RMDIR", async |c| c.rmdir(&args).await).map(drop)
     }
 
     /// One READDIRPLUS page starting after `cookie`.

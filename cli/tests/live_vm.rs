@@ -320,12 +320,7 @@ fn overlay_point_in_time(test: &str, format: Format, overlay_dir: bool) {
     );
     assert_eq!(qemu_img_format(&restored), format.as_str());
     let got = image_bytes(&restored, format);
-    let initial = &vm.disk(0).initial;
-    let mut expected = initial.clone();
-    apply(&mut expected, A);
-    assert_has(&got, A, "restored: pattern A");
-    assert_lacks(&got, initial, B, "restored: pattern B");
-    assert_image_eq(&got, &expected, "restored vda");
+    let mut expected = assert_a_not_b(&vm, &got);
     let verify = live.fx.verify(&["--read-data"]).success().json();
     assert_eq!(verify["clean"], true, "{verify:#}");
 
@@ -646,6 +641,48 @@ fn failing_hook_aborts_and_merges_back() {
 // ---------------------------------------------------------------------------------------------
 // Push mode, offline, selection
 
+/// A push-mode backup with scratch files in `scratch` and `hook`, which must succeed and leave
+/// the domain on its own disks with no scratch file; its report.
+fn push_backup(live: &Live, vm: &TestVm, scratch: &Path, hook: &Hook) -> Value {
+    let scratch_arg = scratch.display().to_string();
+    let hook_arg = hook.arg();
+    let args = [
+        "--mode",
+        "push",
+        "--scratch-dir",
+        &scratch_arg,
+        "--hook",
+        &hook_arg,
+    ];
+    let report = live.backup_ok(vm, &args);
+    live.assert_clean(vm, &[scratch]);
+    report
+}
+
+/// Restores disk vda of the snapshot `report` names (of the VM's own disks, as a raw image)
+/// and checks it with [`assert_a_not_b`]; returns the restored bytes and the expected content.
+fn assert_point_in_time(live: &Live, vm: &TestVm, report: &Value) -> (Vec<u8>, Vec<u8>) {
+    let sid = snapshot_of(report, &vm.bases());
+    let restored = live.fx.path("restored");
+    live.restore_disk(&sid, "vda", &restored);
+    let got = image_bytes(&restored, Format::Raw);
+    let expected = assert_a_not_b(vm, &got);
+    (got, expected)
+}
+
+/// Checks that `got`, disk vda as restored, is its initial content with pattern A (written
+/// before the backup) and without pattern B (written while frozen); returns that content.
+#[track_caller]
+fn assert_a_not_b(vm: &TestVm, got: &[u8]) -> Vec<u8> {
+    let initial = &vm.disk(0).initial;
+    let mut expected = initial.clone();
+    apply(&mut expected, A);
+    assert_has(got, A, "restored: pattern A");
+    assert_lacks(got, initial, B, "restored: pattern B");
+    assert_image_eq(got, &expected, "restored vda");
+    expected
+}
+
 #[test]
 fn push_mode_point_in_time() {
     let vm = TestVm::start("push", &[standard_disk(Format::Raw, 800)]);
@@ -668,19 +705,7 @@ fn push_mode_point_in_time() {
         ],
         &[],
     );
-    let scratch_arg = scratch.display().to_string();
-    let report = live.backup_ok(
-        &vm,
-        &[
-            "--mode",
-            "push",
-            "--scratch-dir",
-            &scratch_arg,
-            "--hook",
-            &hook.arg(),
-        ],
-    );
-    live.assert_clean(&vm, &[&scratch]);
+    let report = push_backup(&live, &vm, &scratch, &hook);
     assert!(dir_names(&scratch).is_empty(), "scratch files left");
     hook.assert_calls(&vm, &["frozen", "copied"]);
     // While frozen: no overlay, and the scratch file in --scratch-dir.
@@ -693,17 +718,8 @@ fn push_mode_point_in_time() {
         "no vda.raw{SCRATCH_MARK}* file in the scratch directory while frozen: {listed:?}"
     );
 
-    let sid = snapshot_of(&report, &vm.bases());
     assert_eq!(num(&report["disks"][0], "virtual_size"), DISK, "{report:#}");
-    let restored = live.fx.path("restored");
-    live.restore_disk(&sid, "vda", &restored);
-    let got = image_bytes(&restored, Format::Raw);
-    let initial = &vm.disk(0).initial;
-    let mut expected = initial.clone();
-    apply(&mut expected, A);
-    assert_has(&got, A, "restored: pattern A");
-    assert_lacks(&got, initial, B, "restored: pattern B");
-    assert_image_eq(&got, &expected, "restored vda");
+    let (_, mut expected) = assert_point_in_time(&live, &vm, &report);
 
     vm.shutdown_hard();
     apply(&mut expected, B);
@@ -742,34 +758,9 @@ fn backing_chain_refused_by_overlay_mode_and_backed_up_by_push_mode() {
     write(&vm, 0, A);
     let hook = Hook::new(live.fx.tmp.path(), "hook", &[write_cmd(&vm, 0, B)], &[]);
     let scratch = vm.subdir("scratch");
-    let scratch_arg = scratch.display().to_string();
-    let report = live.backup_ok(
-        &vm,
-        &[
-            "--mode",
-            "push",
-            "--scratch-dir",
-            &scratch_arg,
-            "--hook",
-            &hook.arg(),
-        ],
-    );
-    live.assert_clean(&vm, &[&scratch]);
-    let sid = snapshot_of(&report, &vm.bases());
-    let restored = live.fx.path("restored");
-    live.restore_disk(&sid, "vda", &restored);
-    let got = image_bytes(&restored, Format::Raw);
-    let initial = &vm.disk(0).initial;
-    let mut expected = initial.clone();
-    apply(&mut expected, A);
+    let report = push_backup(&live, &vm, &scratch, &hook);
+    let (got, _) = assert_point_in_time(&live, &vm, &report);
     assert_has(&got, TOP, "restored: the qcow2 layer");
-    assert_has(&got, A, "restored: pattern A");
-    assert_lacks(&got, initial, B, "restored: pattern B");
-    assert_image_eq(
-        &got,
-        &expected,
-        "restored vda (backing image + qcow2 layer)",
-    );
 
     vm.shutdown_hard();
     let line = live

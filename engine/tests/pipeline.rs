@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::backup::{BackupOptions, DiskSource, backup};
+use ferry_engine::backup::{BackupOptions, BackupReport, DiskSource, backup};
 use ferry_engine::gc::gc;
 use ferry_engine::reader::ReaderMode;
 use ferry_engine::repository::{CHUNKS_PREFIX, SNAPSHOTS_PREFIX};
@@ -86,6 +86,17 @@ fn first_chunk(sink: &dyn Sink) -> ObjectKey {
         .unwrap()
         .unwrap()
         .key
+}
+
+/// Backs up `image` as disk `name` with the default test options; must succeed.
+fn back_up(repo: &Repository, name: &str, image: std::path::PathBuf) -> BackupReport {
+    backup(
+        repo,
+        &[DiskSource::new(name, image)],
+        &options(ReaderMode::Auto),
+        &NoProgress,
+    )
+    .unwrap()
 }
 
 fn new_repo(sink: Arc<dyn Sink>) -> Repository {
@@ -382,34 +393,16 @@ fn gc_after_forget_frees_exactly_the_unreferenced_chunks() {
     let repo = new_repo(Arc::clone(&memory));
     let a = write_image(dir.path(), "a.img", 10);
     let b = write_image(dir.path(), "b.img", 20);
-    let first = backup(
-        &repo,
-        &[DiskSource::new("a", a.clone())],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    let first = back_up(&repo, "a", a.clone());
     // Change one chunk of a: the second snapshot shares 5 of the first's 6 chunks.
     {
         use std::os::unix::fs::FileExt;
         let file = std::fs::OpenOptions::new().write(true).open(&a).unwrap();
         file.write_all_at(&noise(99, CHUNK as usize), 0).unwrap();
     }
-    let second = backup(
-        &repo,
-        &[DiskSource::new("a", a.clone())],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    let second = back_up(&repo, "a", a.clone());
     assert_eq!(second.counts.chunks_new, 1);
-    let other = backup(
-        &repo,
-        &[DiskSource::new("b", b.clone())],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    let other = back_up(&repo, "b", b.clone());
     assert_eq!(chunk_count(&*memory), 6 + 1 + 6);
 
     // Every chunk is named by some snapshot: nothing to collect.
@@ -447,13 +440,7 @@ fn gc_refuses_while_a_manifest_is_unreadable() {
     let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
     let repo = new_repo(Arc::clone(&memory));
     let image = write_image(dir.path(), "a.img", 40);
-    let first = backup(
-        &repo,
-        &[DiskSource::new("a", image)],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    let first = back_up(&repo, "a", image);
     let key = ObjectKey::new(format!("{SNAPSHOTS_PREFIX}{}", first.snapshot)).unwrap();
     let mut bytes = memory.get(&key).unwrap();
     let last = bytes.len() - 1;
@@ -566,13 +553,7 @@ fn sampled_verify_reads_a_repeatable_subset() {
     let repo = new_repo(Arc::new(MemorySink::new()));
     let path = dir.path().join("many.img");
     std::fs::write(&path, noise(7, 200 * CHUNK as usize)).unwrap();
-    backup(
-        &repo,
-        &[DiskSource::new("m", path)],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    back_up(&repo, "m", path);
     let sample = |percent: f64, seed: u64| ReadData {
         sample_percent: Some(percent),
         seed,
@@ -639,13 +620,7 @@ fn gc_removes_temp_files_of_interrupted_puts() {
     let local: Arc<dyn Sink> = Arc::new(LocalSink::open(&root).unwrap());
     let repo = new_repo(Arc::clone(&local));
     let image = write_image(dir.path(), "a.img", 60);
-    let done = backup(
-        &repo,
-        &[DiskSource::new("a", image.clone())],
-        &options(ReaderMode::Auto),
-        &NoProgress,
-    )
-    .unwrap();
+    let done = back_up(&repo, "a", image.clone());
     let chunk_dir = root
         .join(first_chunk(&*local).as_str())
         .parent()
@@ -735,13 +710,7 @@ fn restore_leaves_holes_for_zero_blocks_inside_chunks() {
         let image = dir.path().join(format!("sparse-{tail}.img"));
         std::fs::write(&image, &data).unwrap();
         let repo = new_repo(Arc::new(MemorySink::new()));
-        let done = backup(
-            &repo,
-            &[DiskSource::new("a", image.clone())],
-            &options(ReaderMode::Auto),
-            &NoProgress,
-        )
-        .unwrap();
+        let done = back_up(&repo, "a", image.clone());
         assert_restores_to(&repo, &done.snapshot, &image);
         let restored = std::fs::File::open(image.with_extension("restored")).unwrap();
         let hole = |from: u64| seek(&restored, SeekFrom::Hole(from)).unwrap();

@@ -374,7 +374,8 @@ fn gen_image_output_round_trips() {
 
     let rt = round_trip(&fx, &image, &[]);
     let b = &rt.backup;
-    // Runs are whole MiBs, so holes and zero runs are exactly the zero chunks.
+    // Runs are whole 128 KiB units at this size (64 KiB chunks), so holes and zero runs are
+    // exactly the zero chunks.
     assert_eq!(num(b, "chunks_zero") * CHUNK, holes + zeros, "{b:#}");
     assert_eq!(num(b, "chunks_new") * CHUNK, texts + randoms, "{b:#}");
     assert!(num(b, "bytes_read") >= size - holes, "{b:#}");

@@ -15,8 +15,6 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-static DIRECT_WRITE_REFUSED: AtomicBool = AtomicBool::new(false);
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, unbounded};
@@ -32,6 +30,8 @@ use crate::progress::Progress;
 use crate::reader::aligned::{AlignedBuf, BUFFER_ALIGN};
 use crate::reader::say_once;
 use crate::repository::{Repository, Snapshot};
+
+static DIRECT_WRITE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -222,19 +222,31 @@ fn restore_chunk(
     let offset = i * u64::from(disk.chunk_size);
     let expected = disk.chunk_len(i);
     let out = &mut buf.as_mut_slice()[..disk.chunk_size as usize];
-    let write = |bytes: &[u8]| {
-        output.write_at(bytes, offset).map_err(|e| {
-            EngineError::io(
-                format!("writing {} at offset {offset}", output.shown.display()),
-                e,
-            )
-        })
-    };
     if id.is_zero_mark() {
         out[..expected].fill(0);
-        write(&out[..expected])?;
-        return Ok((i, expected));
+    } else {
+        fetch_and_decode(repo, disk, offset, id, decoder, out, expected)?;
     }
+    output.write_data(&out[..expected], offset).map_err(|e| {
+        EngineError::io(
+            format!("writing {} at offset {offset}", output.shown.display()),
+            e,
+        )
+    })?;
+    Ok((i, expected))
+}
+
+/// Gets chunk `id` (at `offset` of `disk`) and decodes it into `out`, checking its id and
+/// that it holds exactly `expected` bytes.
+fn fetch_and_decode(
+    repo: &Repository,
+    disk: &DiskMeta,
+    offset: u64,
+    id: &ChunkId,
+    decoder: &mut ChunkDecoder,
+    out: &mut [u8],
+    expected: usize,
+) -> Result<(), EngineError> {
     let object = match repo.sink().get(&Repository::chunk_key(id)) {
         Ok(object) => object,
         Err(SinkError::NotFound { .. }) => {
@@ -261,13 +273,7 @@ fn restore_chunk(
             },
         ));
     }
-    output.write_data(&out[..len], offset).map_err(|e| {
-        EngineError::io(
-            format!("writing {} at offset {offset}", output.shown.display()),
-            e,
-        )
-    })?;
-    Ok((i, len))
+    Ok(())
 }
 
 /// Length of the leading [`BUFFER_ALIGN`] blocks of `bytes` that are all zero (`zero`) or

@@ -1,7 +1,9 @@
 //! Reproducible sample images for demos, tests and benchmarks (`ferry gen-image`).
 //!
 //! The image is a sequence of runs of 1 to 16 MiB, each of one kind, drawn from a seeded
-//! SplitMix64 generator (so a seed gives the same bytes on every machine and version):
+//! SplitMix64 generator (so a seed and size give the same bytes on every machine). Images under
+//! 256 MiB use smaller runs (1 to 16 units of a power of two down to 64 KiB) so that they are
+//! mixed too; since 2026-12-02, they differ from what earlier versions generated. The kinds:
 //! about 25% holes, 15% written zeros, 30% compressible text-like data (log lines, roughly
 //! 3-4x with zstd) and 30% random data. No two MiB of data repeat, so dedup cannot flatter a
 //! benchmark.
@@ -106,6 +108,11 @@ fn text_mib(rng: &mut SplitMix64, mib: u64, out: &mut Vec<u8>) {
     out.truncate(MIB as usize);
 }
 
+/// The largest power of two not above `n` (1 for 0).
+fn prev_power_of_two(n: u64) -> u64 {
+    1 << n.max(1).ilog2()
+}
+
 /// Creates `path` (mode 0600, must not exist) as a sample image of `size` bytes from `seed`.
 pub fn generate(path: &Path, size: u64, seed: u64) -> Result<SampleSummary, EngineError> {
     let io = |e| EngineError::io(format!("writing sample image {}", path.display()), e);
@@ -124,8 +131,9 @@ pub fn generate(path: &Path, size: u64, seed: u64) -> Result<SampleSummary, Engi
     let mut buf = vec![0u8; MIB as usize];
     let mut text = Vec::with_capacity(MIB as usize + 256);
     // Runs are 1 to 16 units long: 1 MiB from 256 MiB up (so large samples stay as they
-    // always were), smaller for small images (down to 64 KiB), so every size gets a mix.
-    let unit = (size / 256 / 4096 * 4096).clamp(64 << 10, MIB);
+    // always were), a smaller power of two for small images (down to 64 KiB), so every size
+    // gets a mix and runs still start and end on chunk boundaries of chunks up to the unit.
+    let unit = prev_power_of_two(size / 256).clamp(64 << 10, MIB);
     let mut offset = 0u64;
     while offset < size {
         let run = (1 + rng.below(16)) * unit;

@@ -67,6 +67,14 @@ pub fn server() -> &'static S3Server {
     SERVER.get_or_init(start)
 }
 
+/// Runs the server (`$0 "$@"`) until stdin reaches its end, then stops it and removes
+/// `$FERRY_S3_TEST_DIR`.
+const WATCHDOG: &str = r#""$0" "$@" & server=$!
+read -r _ || true
+kill "$server" 2>/dev/null
+wait "$server" 2>/dev/null
+rm -rf -- "$FERRY_S3_TEST_DIR""#;
+
 fn start() -> S3Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("root");
@@ -75,10 +83,18 @@ fn start() -> S3Server {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let child = Command::new(binary())
+    // The server lives in a process-wide static, which is never dropped: a small shell keeps
+    // it, and stops it and removes its data once this test process is gone (its end of the
+    // stdin pipe closes then, however the process ended).
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(WATCHDOG)
+        .arg(binary())
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
         .arg(&root)
+        .env("FERRY_S3_TEST_DIR", dir.path())
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::leftover::{self, Leftover, temp_name};
+use crate::leftover::{self, Leftover, is_temp_name, temp_name};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
 
 /// Mode of object files (before the umask).
@@ -260,12 +260,7 @@ impl Sink for LocalSink {
         if !dir.is_empty() && ObjectKey::new(&dir[..dir.len() - 1]).is_err() {
             return Ok(Box::new(std::iter::empty()));
         }
-        let mut iter = ListIter {
-            sink: self,
-            current: None,
-            pending: Vec::new(),
-            visited: HashSet::new(),
-        };
+        let mut iter = ListIter::new(self);
         match iter.enter(dir.to_owned(), name_prefix.to_owned()) {
             Ok(()) => Ok(Box::new(iter)),
             Err(err) if dir.is_empty() => Err(location_error(&self.root, err.to_string())),
@@ -280,39 +275,18 @@ impl Sink for LocalSink {
     }
 
     fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        let mut found = Vec::new();
-        let mut pending = vec![leftover::parse_dir(dir)?];
-        while let Some(rel) = pending.pop() {
-            let rel_str = rel.as_ref().map_or("", ObjectKey::as_str);
-            let error = |err| map_io_error(&self.location(), "leftovers", rel_str, err);
-            let entries = match fs::read_dir(self.path_of(rel_str)) {
-                Ok(entries) => entries,
-                Err(err) if is_missing(&err) => continue,
-                Err(err) => return Err(error(err)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(error)?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                // Not following symlinks: temp files are regular files made here.
-                let Ok(meta) = entry.metadata() else {
-                    continue; // removed since readdir
-                };
-                if meta.is_dir() {
-                    let child = match &rel {
-                        Some(rel) => format!("{rel}/{name}"),
-                        None => name,
-                    };
-                    if let Ok(child) = ObjectKey::new(child) {
-                        pending.push(Some(child));
-                    }
-                } else if meta.is_file() {
-                    found.extend(Leftover::new(rel.clone(), &name, meta.len()));
-                }
-            }
+        leftover::parse_dir(dir)?;
+        let mut walk = ListIter::new(self);
+        walk.leftovers = Some(Vec::new());
+        match walk.enter(dir.to_owned(), String::new()) {
+            Ok(()) => {}
+            Err(err) if is_missing(&err) => return Ok(Vec::new()),
+            Err(err) => return Err(map_io_error(&self.location(), "leftovers", dir, err)),
         }
-        Ok(found)
+        for item in walk.by_ref() {
+            item?;
+        }
+        Ok(walk.leftovers.unwrap_or_default())
     }
 
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
@@ -432,9 +406,10 @@ struct OpenDir {
     name_prefix: String,
 }
 
-/// The lazy walk behind [`LocalSink::list`]: reads one directory at a time and keeps the
-/// subdirectories still to visit on an explicit stack, so at most one directory handle is open
-/// and memory grows with the number of pending directories, never with the number of objects.
+/// The lazy walk behind [`LocalSink::list`] and [`Sink::leftovers`]: reads one directory at a
+/// time and keeps the subdirectories still to visit on an explicit stack, so at most one
+/// directory handle is open and memory grows with the number of pending directories, never
+/// with the number of objects.
 ///
 /// Each directory is read at most once, identified by device and inode, so symlink loops end
 /// and a directory reachable by several paths is listed under the first one found.
@@ -445,9 +420,21 @@ struct ListIter<'a> {
     pending: Vec<String>,
     /// `(device, inode)` of every directory opened so far.
     visited: HashSet<(u64, u64)>,
+    /// Temp files of puts met on the way, when the walk collects them ([`Sink::leftovers`]).
+    leftovers: Option<Vec<Leftover>>,
 }
 
-impl ListIter<'_> {
+impl<'a> ListIter<'a> {
+    fn new(sink: &'a LocalSink) -> ListIter<'a> {
+        ListIter {
+            sink,
+            current: None,
+            pending: Vec::new(),
+            visited: HashSet::new(),
+            leftovers: None,
+        }
+    }
+
     /// Makes `rel` the directory being read, unless it was read before.
     fn enter(&mut self, rel: String, name_prefix: String) -> io::Result<()> {
         let path = self.sink.path_of(&rel);
@@ -506,7 +493,18 @@ impl Iterator for ListIter<'_> {
                 continue; // not UTF-8, so not a key
             };
             // Dot-names are temp files of puts, running or interrupted; never objects.
-            if name.starts_with('.') || !name.starts_with(&dir.name_prefix) {
+            if name.starts_with('.') {
+                if let Some(found) = &mut self.leftovers
+                    && is_temp_name(&name)
+                    && let Ok(meta) = entry.metadata()
+                    && meta.is_file()
+                {
+                    let dir_key = ObjectKey::new(dir.rel.trim_end_matches('/')).ok();
+                    found.extend(Leftover::new(dir_key, &name, meta.len()));
+                }
+                continue;
+            }
+            if !name.starts_with(&dir.name_prefix) {
                 continue;
             }
             let Ok(key) = ObjectKey::new(format!("{}{name}", dir.rel)) else {

@@ -1,5 +1,5 @@
-//! The lazy walk behind [`NfsSink::list`](super::NfsSink) and its leftovers: one READDIRPLUS
-//! page at a time,
+//! The lazy walk behind [`NfsSink::list`](super::NfsSink), its leftovers and the removal of
+//! empty directory trees: one READDIRPLUS page at a time,
 //! with the subdirectories still to visit on an explicit stack, so memory grows with one page
 //! and the number of pending directories, never with the number of objects.
 //!
@@ -37,8 +37,17 @@ pub(super) struct List<'a> {
     sink: &'a NfsSink,
     pending: Vec<Pending>,
     current: Option<Reading>,
-    /// Temp files of puts met on the way, when the walk was asked to collect them.
-    leftovers: Option<Vec<Leftover>>,
+    /// What a survey collects on the way (see [`List::survey`]); `None` for a plain listing.
+    survey: Option<Survey>,
+}
+
+/// What [`List::survey`] finds besides objects.
+#[derive(Default)]
+pub(super) struct Survey {
+    /// Temp files of puts, running or interrupted.
+    pub(super) leftovers: Vec<Leftover>,
+    /// Every directory below the surveyed one, each found after its parent (`a/b`, no `/`).
+    pub(super) dirs: Vec<String>,
 }
 
 impl<'a> List<'a> {
@@ -55,19 +64,20 @@ impl<'a> List<'a> {
                 handle: None,
             }],
             current: None,
-            leftovers: None,
+            survey: None,
         }
     }
 
-    /// Every temp file of a put in directory `dir` (`""` or `a/b/`) and below.
-    pub(super) fn leftovers(sink: &'a NfsSink, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+    /// Walks directory `dir` (`""` or `a/b/`) and everything below it, collecting the temp
+    /// files of puts and the directories (those whose names keys can take).
+    pub(super) fn survey(sink: &'a NfsSink, dir: &str) -> Result<Survey, SinkError> {
         leftover::parse_dir(dir)?;
         let mut walk = List::new(sink, dir);
-        walk.leftovers = Some(Vec::new());
+        walk.survey = Some(Survey::default());
         for item in walk.by_ref() {
             item?;
         }
-        Ok(walk.leftovers.unwrap_or_default())
+        Ok(walk.survey.unwrap_or_default())
     }
 
     /// Starts reading the next pending directory; `Ok(false)` when none is left.
@@ -139,9 +149,9 @@ impl<'a> List<'a> {
         })
     }
 
-    /// Records `entry` when it is a temp file of a put and leftovers are being collected.
+    /// Records `entry` when it is a temp file of a put and this walk is a survey.
     fn note_leftover(&mut self, entry: &Entry) -> Result<(), SinkError> {
-        if self.leftovers.is_none() || !is_temp_name(&entry.name) {
+        if self.survey.is_none() || !is_temp_name(&entry.name) {
             return Ok(());
         }
         let Some(attr) = self.attr_of(entry)?.filter(Attr::is_file) else {
@@ -150,7 +160,9 @@ impl<'a> List<'a> {
         let reading = self.current.as_ref().expect("a directory is being read");
         let dir = ObjectKey::new(reading.rel.trim_end_matches('/')).ok();
         let found = Leftover::new(dir, &entry.name, attr.size);
-        self.leftovers.get_or_insert_default().extend(found);
+        if let Some(survey) = &mut self.survey {
+            survey.leftovers.extend(found);
+        }
         Ok(())
     }
 
@@ -171,6 +183,9 @@ impl<'a> List<'a> {
             Err(err) => return Some(Err(err)),
         };
         if attr.is_dir() {
+            if let Some(survey) = &mut self.survey {
+                survey.dirs.push(key.to_string());
+            }
             if key.as_str().len() + 2 <= ObjectKey::MAX_LEN {
                 self.pending.push(Pending {
                     rel: format!("{key}/"),

@@ -535,7 +535,7 @@ impl Sink for NfsSink {
     }
 
     fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        list::List::leftovers(self, dir)
+        Ok(list::List::survey(self, dir)?.leftovers)
     }
 
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {

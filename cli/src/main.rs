@@ -1,7 +1,8 @@
 //! `ferry`: live, deduplicated, verified backups of disk images into a repository.
 //!
 //! Exit status: 0 on success, 1 on any error (one line on stderr naming the problem), 2 on a
-//! usage error, 3 when `verify` finds damage.
+//! usage error, 3 when `verify` finds damage, 128 + the signal's number when SIGINT, SIGTERM or
+//! SIGHUP stopped the command (after its cleanup).
 
 mod args;
 mod commands;
@@ -39,10 +40,20 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("ferry: error: {}", error_line(&e));
-            ExitCode::FAILURE
-        }
+        Err(e) => match signals::received() {
+            Some(signal) => {
+                eprintln!(
+                    "ferry: error: interrupted by {}: {}",
+                    signals::name(signal),
+                    error_line(&e)
+                );
+                ExitCode::from(128 + signal as u8)
+            }
+            None => {
+                eprintln!("ferry: error: {}", error_line(&e));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

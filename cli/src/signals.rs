@@ -1,13 +1,20 @@
 //! Turning SIGINT, SIGTERM and SIGHUP into an orderly stop.
 //!
 //! The first signal disconnects the cancel channel: every holder of the receiver (the engine's
-//! pipeline, the push job's wait loop) sees it at once and stops, so the domain is merged back
-//! and temporary files removed before ferry exits. Later signals are reported and otherwise
-//! ignored: cleanup is never interrupted halfway.
+//! pipeline, the restore, the benchmark, the push job's wait loop) sees it at once and stops,
+//! so the domain is merged back and temporary files removed before ferry exits. Later signals
+//! are reported and otherwise ignored: cleanup is never interrupted halfway. A command that
+//! failed after a signal exits with status 128 + the signal's number (130 for SIGINT), as
+//! shells do.
+
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crossbeam_channel::{Receiver, bounded};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+
+/// The first signal received (0: none).
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 /// Installs the handlers; the returned receiver disconnects on the first signal.
 pub fn cancel_on_signal() -> anyhow::Result<Receiver<()>> {
@@ -18,12 +25,32 @@ pub fn cancel_on_signal() -> anyhow::Result<Receiver<()>> {
         .spawn(move || {
             let mut sender = Some(tx);
             for signal in signals.forever() {
-                if sender.take().is_some() {
-                    log::warn!("signal {signal}: stopping; cleaning up first");
+                let _ = RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                if let Some(tx) = sender.take() {
+                    log::warn!("{}: stopping; cleaning up first", name(signal));
+                    drop(tx);
                 } else {
-                    log::warn!("signal {signal}: still cleaning up, please wait");
+                    log::warn!("{}: still cleaning up, please wait", name(signal));
                 }
             }
         })?;
     Ok(rx)
+}
+
+/// The signal that interrupted this run, if one did.
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
+
+/// A handled signal's name.
+pub fn name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }

@@ -559,6 +559,21 @@ fn quiesce_on_without_agent_fails_cleanly() {
     assert!(live.fx.chunk_ids().is_empty(), "chunks were stored");
 }
 
+/// Asserts that libvirt runs no job (backup, block job) on the domain.
+#[track_caller]
+fn assert_no_job(vm: &TestVm) {
+    let job = virsh_ok(&["domjobinfo", &vm.name]);
+    let job_type = job
+        .lines()
+        .find_map(|l| l.strip_prefix("Job type:"))
+        .map(str::trim);
+    assert_eq!(
+        job_type,
+        Some("None"),
+        "a libvirt job is still active:\n{job}"
+    );
+}
+
 #[test]
 fn failing_hook_aborts_and_merges_back() {
     let vm = TestVm::start("failing_hook", &[standard_disk(Format::Raw, 700)]);
@@ -621,21 +636,70 @@ fn failing_hook_aborts_and_merges_back() {
         published,
         "an aborted push backup was published"
     );
-    let job = virsh_ok(&["domjobinfo", &vm.name]);
-    let job_type = job
-        .lines()
-        .find_map(|l| l.strip_prefix("Job type:"))
-        .map(str::trim);
-    assert_eq!(
-        job_type,
-        Some("None"),
-        "a libvirt job is still active:\n{job}"
-    );
+    assert_no_job(&vm);
 
     vm.shutdown_hard();
     let mut expected = vm.disk(0).initial.clone();
     apply(&mut expected, B);
     assert_image_eq(&vm.base_bytes(0), &expected, "base after aborted backups");
+}
+
+/// SIGINT or SIGTERM while frozen (sent by the `frozen` hook): ferry stops before publishing,
+/// merges the domain back (overlay mode) or ends the job and removes its scratch file (push
+/// mode), exits with 128 + the signal's number naming it, and the next backup works.
+#[test]
+fn signal_while_frozen_stops_cleanly() {
+    let vm = TestVm::start("signal_frozen", &[standard_disk(Format::Raw, 900)]);
+    let live = Live::new();
+    let scratch = vm.subdir("scratch");
+    let scratch_arg = scratch.display().to_string();
+    let signalling = |signal: &str| {
+        Hook::new(
+            live.fx.tmp.path(),
+            &format!("sig{signal}"),
+            &[format!(r#"kill -{signal} "$FERRY_PID""#)],
+            &[],
+        )
+    };
+
+    let hook = signalling("INT");
+    live.backup(&vm, &["--hook", &hook.arg()])
+        .interrupted_by("SIGINT", 130);
+    hook.assert_calls(&vm, &["frozen"]);
+    live.assert_clean(&vm, &[]);
+
+    let hook = signalling("TERM");
+    let push = [
+        "--mode",
+        "push",
+        "--scratch-dir",
+        &scratch_arg,
+        "--hook",
+        &hook.arg(),
+    ];
+    live.backup(&vm, &push).interrupted_by("SIGTERM", 143);
+    hook.assert_calls(&vm, &["frozen"]);
+    live.assert_clean(&vm, &[&scratch]);
+    assert!(dir_names(&scratch).is_empty(), "scratch files left");
+    assert_no_job(&vm);
+
+    assert!(
+        live.listed_snapshots().is_empty(),
+        "an interrupted backup was published"
+    );
+    assert_eq!(vm.state(), "running");
+    write(&vm, 0, A);
+    let report = live.backup_ok(&vm, &[]);
+    live.assert_clean(&vm, &[]);
+    let restored = live.fx.path("restored");
+    live.restore_disk(&snapshot_of(&report, &vm.bases()), "vda", &restored);
+    let mut expected = vm.disk(0).initial.clone();
+    apply(&mut expected, A);
+    assert_image_eq(
+        &image_bytes(&restored, Format::Raw),
+        &expected,
+        "restored vda",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use ferry_sinks::{PutMode, PutOutcome};
 use serde::Serialize;
 
@@ -79,6 +79,21 @@ impl BackupOptions {
             cancel: None,
         }
     }
+
+    /// `Err(Cancelled)` once `cancel` says stop (a message, or its sender dropped). Checked
+    /// before each disk, before each chunk result is taken and before the copy is handed
+    /// over for publishing, so a stop request always wins over work that is still ready.
+    pub(crate) fn check_cancel(&self) -> Result<(), EngineError> {
+        match stop_requested(self.cancel.as_ref()) {
+            false => Ok(()),
+            true => Err(EngineError::Cancelled),
+        }
+    }
+}
+
+/// Whether `cancel` says stop: a message, or its sender dropped (how a signal handler asks).
+fn stop_requested(cancel: Option<&Receiver<()>>) -> bool {
+    cancel.is_some_and(|c| !matches!(c.try_recv(), Err(TryRecvError::Empty)))
 }
 
 /// One image to back up, named as it will appear in the snapshot.
@@ -182,15 +197,20 @@ pub fn backup(
 #[derive(Debug)]
 pub struct PendingSnapshot {
     manifest: Manifest,
+    /// The backup's stop request channel: a stop before publishing wins.
+    cancel: Option<Receiver<()>>,
     report: BackupReport,
     started: Instant,
     lock: RepoLock,
 }
 
 impl PendingSnapshot {
-    /// Publishes the manifest, the last step of a backup, after checking that the lock is
-    /// still held (see [`crate::lock`]).
+    /// Publishes the manifest, the last step of a backup, after checking that no stop was
+    /// requested (the options' `cancel`) and that the lock is still held (see [`crate::lock`]).
     pub fn publish(self, repo: &Repository) -> Result<BackupReport, EngineError> {
+        if stop_requested(self.cancel.as_ref()) {
+            return Err(EngineError::Cancelled);
+        }
         self.lock.check()?;
         let published = repo.publish_snapshot(&self.manifest)?;
         let mut report = self.report;
@@ -227,6 +247,7 @@ pub fn copy(
     let mut indexes = Vec::new();
     let mut disk_reports = Vec::new();
     for disk in disks {
+        options.check_cancel()?;
         let source = ImageSource::open(&disk.path, options.reader_mode == ReaderMode::Auto)?;
         progress.start_disk(&disk.name, source.size);
         let run = DiskRun {
@@ -259,6 +280,7 @@ pub fn copy(
         });
         indexes.push(done.index);
     }
+    options.check_cancel()?;
     let finished = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -277,6 +299,7 @@ pub fn copy(
     };
     Ok(PendingSnapshot {
         manifest,
+        cancel: options.cancel.clone(),
         report: BackupReport {
             snapshot: String::new(),
             name: options.name.clone(),
@@ -498,6 +521,7 @@ impl DiskRun<'_> {
         let never = crossbeam_channel::never();
         let cancel = self.options.cancel.as_ref().unwrap_or(&never);
         for _ in 0..chunk_count {
+            self.options.check_cancel()?;
             let done = crossbeam_channel::select! {
                 recv(done_rx) -> done => done.map_err(|_| EngineError::Cancelled)??,
                 recv(cancel) -> _ => return Err(EngineError::Cancelled),

@@ -64,7 +64,8 @@ pub struct BenchReport {
 }
 
 /// Runs every stage on `image`, writing into `sink` (which must be empty or a throwaway prefix:
-/// the pipeline stage creates a repository in it).
+/// the pipeline stage creates a repository in it). `options.cancel` stops any stage with
+/// [`EngineError::Cancelled`]; what was written stays for the caller to remove.
 pub fn run_bench(
     image: &std::path::Path,
     sink: Arc<dyn Sink>,
@@ -84,7 +85,7 @@ pub fn run_bench(
     let sample_bytes: u64 = sample.iter().map(|c| c.len() as u64).sum();
 
     let hash = timed("hash", sample_bytes, || {
-        parallel(&sample, workers, |_: &mut (), chunk| {
+        parallel(&sample, workers, options, |_: &mut (), chunk| {
             std::hint::black_box(ChunkId::of(chunk));
             Ok(())
         })
@@ -95,6 +96,7 @@ pub fn run_bench(
         parallel(
             &sample,
             workers,
+            options,
             |encoder: &mut Option<ChunkEncoder>, chunk| {
                 let encoder = match encoder {
                     Some(e) => e,
@@ -118,6 +120,7 @@ pub fn run_bench(
         parallel(
             &encoded,
             options.uploaders,
+            options,
             |_: &mut Option<()>, (id, object)| {
                 let key = ObjectKey::new(format!("bench-objects/{id}")).expect("valid key");
                 sink.put(&key, object, PutMode::Create)?;
@@ -192,6 +195,10 @@ fn read_stage(
         let mut failure = None;
         for chunk in rx {
             match chunk {
+                Ok(_) if options.check_cancel().is_err() => {
+                    failure = Some(EngineError::Cancelled);
+                    break;
+                }
                 Ok(chunk) => {
                     if let Some(data) = chunk.data {
                         bytes += data.len() as u64;
@@ -241,10 +248,12 @@ fn timed(
     Ok(stage(name, bytes, started.elapsed().as_secs_f64()))
 }
 
-/// Runs `f` over `items` on `threads` threads, each with its own state.
+/// Runs `f` over `items` on `threads` threads, each with its own state, until done, failed or
+/// cancelled.
 fn parallel<T: Sync, S: Default>(
     items: &[T],
     threads: usize,
+    options: &BackupOptions,
     f: impl Fn(&mut S, &T) -> Result<(), EngineError> + Sync,
 ) -> Result<(), EngineError> {
     let next = AtomicUsize::new(0);
@@ -258,6 +267,7 @@ fn parallel<T: Sync, S: Default>(
                         let Some(item) = items.get(i) else {
                             return Ok(());
                         };
+                        options.check_cancel()?;
                         f(&mut state, item)?;
                     }
                 })

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, unbounded};
+use crossbeam_channel::{Receiver, bounded, never, select, unbounded};
 use ferry_sinks::SinkError;
 use serde::Serialize;
 
@@ -40,6 +40,9 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Replace an existing regular file at the target.
     pub overwrite: bool,
+    /// Stops the restore with [`EngineError::Cancelled`] when it receives a message or its
+    /// sender is dropped; the partial temporary file is removed.
+    pub cancel: Option<Receiver<()>>,
 }
 
 impl Default for RestoreOptions {
@@ -47,6 +50,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             threads: 8,
             overwrite: false,
+            cancel: None,
         }
     }
 }
@@ -122,7 +126,7 @@ pub fn restore_disk(
     }
     let output = Output::open(target, disk.virtual_size, options.overwrite)?;
     progress.start_disk(&disk.name, disk.virtual_size);
-    let written = match write_chunks(repo, disk, index, &output, options.threads, progress) {
+    let written = match write_chunks(repo, disk, index, &output, options, progress) {
         Ok(written) => written,
         Err(e) => {
             output.abandon();
@@ -150,9 +154,12 @@ fn write_chunks(
     disk: &DiskMeta,
     index: &[ChunkId],
     output: &Output,
-    threads: usize,
+    options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<u64, EngineError> {
+    let threads = options.threads.max(1);
+    let stop = never();
+    let cancel = options.cancel.as_ref().unwrap_or(&stop);
     let (job_tx, job_rx) = bounded::<(u64, ChunkId)>(threads * 2);
     let (done_tx, done_rx) = unbounded::<Result<(u64, usize), EngineError>>();
     let failed = AtomicBool::new(false);
@@ -166,7 +173,7 @@ fn write_chunks(
             }
             drop(job_tx);
         });
-        for _ in 0..threads.max(1) {
+        for _ in 0..threads {
             let (job_rx, done_tx, failed) = (job_rx.clone(), done_tx.clone(), &failed);
             scope.spawn(move || {
                 let mut decoder = ChunkDecoder::new();
@@ -192,7 +199,14 @@ fn write_chunks(
             index.iter().filter(|id| !id.is_zero_mark()).count()
         };
         for _ in 0..jobs {
-            match done_rx.recv() {
+            let done = select! {
+                recv(done_rx) -> done => done,
+                recv(cancel) -> _ => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(EngineError::Cancelled);
+                }
+            };
+            match done {
                 Ok(Ok((_, len))) => {
                     written += len as u64;
                     progress.advance(len as u64);

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use crossbeam_channel::TryRecvError;
 use ferry_engine::backup::BackupOptions;
 use ferry_engine::bench::run_bench;
 use ferry_engine::config::check_chunk_size;
@@ -22,19 +23,28 @@ use crate::repo_url::RepoUrl;
 const SAMPLE_LIMIT: usize = 512 << 20;
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
-    let scratch = tempdir_in(&std::env::temp_dir())?;
+    // Before anything is created: an interrupted benchmark removes what it made.
+    let cancel = crate::signals::cancel_on_signal()?;
+    let scratch = Scratch::create(&std::env::temp_dir())?;
     let image = match &args.image {
         Some(image) => image.clone(),
         None => {
-            let path = scratch.join("sample.img");
+            let path = scratch.0.join("sample.img");
             generate(&path, args.size, 1)?;
+            ensure!(
+                !matches!(cancel.try_recv(), Err(TryRecvError::Disconnected)),
+                "stopped while generating the sample image"
+            );
             path
         }
     };
+    if args.cold {
+        drop_page_cache()?;
+    }
     let prefix = format!("ferry-bench-{:08x}", rand::random::<u32>());
     let mut nfs_dirs = None;
     let (sink, cleanup_dir): (Arc<dyn Sink>, Option<PathBuf>) = match &args.repo {
-        None => (Arc::new(LocalSink::create(scratch.join("repo"))?), None),
+        None => (Arc::new(LocalSink::create(scratch.0.join("repo"))?), None),
         Some(url) => match RepoUrl::parse(url)? {
             // Object stores and filers: a throwaway prefix of the repository.
             RepoUrl::Nfs(config) => {
@@ -49,12 +59,10 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
         },
     };
-    if args.cold {
-        drop_page_cache()?;
-    }
     let mut options = BackupOptions::new("bench");
     options.chunk_size = check_chunk_size(args.chunk_size)?;
     options.zstd_level = args.zstd_level;
+    options.cancel = Some(cancel);
     let result = run_bench(&image, Arc::clone(&sink), &options, SAMPLE_LIMIT);
     // Everything the benchmark wrote is under its own prefix or directory: remove it all.
     let keys: Vec<_> = sink
@@ -73,7 +81,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     {
         log::warn!("cannot remove the benchmark's directories {prefix}/: {e}");
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    drop(scratch);
     let report = result.context("benchmark failed")?;
     if args.json {
         print_json(&report)?;
@@ -105,15 +113,26 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A private scratch directory (0700).
-fn tempdir_in(base: &std::path::Path) -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = base.join(format!("ferry-bench-{:08x}", rand::random::<u32>()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A private scratch directory (0700), removed with everything in it when dropped, however
+/// the benchmark ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn create(base: &std::path::Path) -> Result<Scratch> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = base.join(format!("ferry-bench-{:08x}", rand::random::<u32>()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn drop_page_cache() -> Result<()> {

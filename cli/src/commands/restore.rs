@@ -20,6 +20,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     let options = RestoreOptions {
         threads: args.threads.max(1),
         overwrite: args.force,
+        cancel: Some(crate::signals::cancel_on_signal()?),
     };
     let bar = Bar::new(args.json);
     // Without --disk, a domain snapshot (or any of several disks) restores into a directory.

@@ -87,6 +87,23 @@ impl Run {
         line.to_owned()
     }
 
+    /// Asserts that a signal stopped the command after its cleanup: exit status 128 + the
+    /// signal's number, and an error line saying which signal (`name`, e.g. `SIGINT`).
+    #[track_caller]
+    pub fn interrupted_by(&self, name: &str, code: i32) -> String {
+        assert_eq!(self.code, code, "expected exit status {code}\n{self}");
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("ferry: error: "))
+            .unwrap_or_else(|| panic!("no `ferry: error:` line on stderr\n{self}"));
+        assert!(
+            line.contains(&format!("interrupted by {name}")),
+            "the error line does not name {name}\n{self}"
+        );
+        line.to_owned()
+    }
+
     /// The JSON object printed on stdout (`--json`).
     #[track_caller]
     pub fn json(&self) -> Value {
@@ -129,6 +146,54 @@ pub fn ferry_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Ru
     assert!(
         output.status.code().is_some(),
         "ferry was killed by a signal ({:?})\n{run}",
+        output.status
+    );
+    assert!(!run.stderr.contains("panicked"), "ferry panicked\n{run}");
+    run
+}
+
+/// Runs `ferry ARGS` (environment as [`ferry_with_env`]), sends it `signal` (a `kill -s`
+/// name such as `INT`) as soon as `ready()` holds, and returns the run once ferry has exited.
+/// Panics if ferry ends before `ready()` held, or is ended by the signal itself instead of
+/// handling it (or panics).
+#[track_caller]
+pub fn ferry_interrupted<S: AsRef<OsStr>>(
+    args: &[S],
+    env: &[(&str, &OsStr)],
+    signal: &str,
+    ready: impl Fn() -> bool,
+) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.args(args)
+        .env_remove("FERRY_REPO")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().expect("run the ferry binary");
+    // Waits for a condition, not for time: the pause only keeps the poll from spinning.
+    while !ready() {
+        if child.try_wait().expect("poll ferry").is_some() {
+            let output = child.wait_with_output().expect("collect ferry's output");
+            panic!(
+                "ferry ended before the moment to signal it\n{}",
+                Run::of(args, &output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let kill = Command::new("kill")
+        .args(["-s", signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success(), "kill -s {signal} failed");
+    let output = child.wait_with_output().expect("collect ferry's output");
+    let run = Run::of(args, &output);
+    assert!(
+        output.status.code().is_some(),
+        "ferry was ended by the signal instead of handling it ({:?})\n{run}",
         output.status
     );
     assert!(!run.stderr.contains("panicked"), "ferry panicked\n{run}");

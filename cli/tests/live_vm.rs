@@ -615,19 +615,7 @@ fn failing_hook_aborts_and_merges_back() {
 
     // Push mode, the hook fails while frozen: the job is ended and its scratch file removed.
     let hook = failing("push-frozen-fails", &["exit 4".to_owned()], &[]);
-    let scratch_arg = scratch.display().to_string();
-    let run = live.backup(
-        &vm,
-        &[
-            "--mode",
-            "push",
-            "--scratch-dir",
-            &scratch_arg,
-            "--hook",
-            &hook.arg(),
-        ],
-    );
-    run.error_line(&[]);
+    with_push_args(&scratch, &hook, |args| live.backup(&vm, args)).error_line(&[]);
     hook.assert_calls(&vm, &["frozen"]);
     live.assert_clean(&vm, &[&scratch]);
     assert!(dir_names(&scratch).is_empty(), "scratch files left");
@@ -652,7 +640,6 @@ fn signal_while_frozen_stops_cleanly() {
     let vm = TestVm::start("signal_frozen", &[standard_disk(Format::Raw, 900)]);
     let live = Live::new();
     let scratch = vm.subdir("scratch");
-    let scratch_arg = scratch.display().to_string();
     let signalling = |signal: &str| {
         Hook::new(
             live.fx.tmp.path(),
@@ -669,15 +656,7 @@ fn signal_while_frozen_stops_cleanly() {
     live.assert_clean(&vm, &[]);
 
     let hook = signalling("TERM");
-    let push = [
-        "--mode",
-        "push",
-        "--scratch-dir",
-        &scratch_arg,
-        "--hook",
-        &hook.arg(),
-    ];
-    live.backup(&vm, &push).interrupted_by("SIGTERM", 143);
+    with_push_args(&scratch, &hook, |args| live.backup(&vm, args)).interrupted_by("SIGTERM", 143);
     hook.assert_calls(&vm, &["frozen"]);
     live.assert_clean(&vm, &[&scratch]);
     assert!(dir_names(&scratch).is_empty(), "scratch files left");
@@ -705,20 +684,24 @@ fn signal_while_frozen_stops_cleanly() {
 // ---------------------------------------------------------------------------------------------
 // Push mode, offline, selection
 
-/// A push-mode backup with scratch files in `scratch` and `hook`, which must succeed and leave
-/// the domain on its own disks with no scratch file; its report.
-fn push_backup(live: &Live, vm: &TestVm, scratch: &Path, hook: &Hook) -> Value {
+/// `f` given the push-mode arguments: scratch files in `scratch`, `hook` at each phase.
+fn with_push_args<T>(scratch: &Path, hook: &Hook, f: impl FnOnce(&[&str]) -> T) -> T {
     let scratch_arg = scratch.display().to_string();
     let hook_arg = hook.arg();
-    let args = [
+    f(&[
         "--mode",
         "push",
         "--scratch-dir",
         &scratch_arg,
         "--hook",
         &hook_arg,
-    ];
-    let report = live.backup_ok(vm, &args);
+    ])
+}
+
+/// A push-mode backup with scratch files in `scratch` and `hook`, which must succeed and leave
+/// the domain on its own disks with no scratch file; its report.
+fn push_backup(live: &Live, vm: &TestVm, scratch: &Path, hook: &Hook) -> Value {
+    let report = with_push_args(scratch, hook, |args| live.backup_ok(vm, args));
     live.assert_clean(vm, &[scratch]);
     report
 }

@@ -128,10 +128,8 @@ pub fn ferry<S: AsRef<OsStr>>(args: &[S]) -> Run {
     ferry_with_env(args, &[])
 }
 
-/// Runs `ferry ARGS` with extra environment variables. Checks what must hold for every run:
-/// the process exited (no signal) and nothing panicked.
-#[track_caller]
-pub fn ferry_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Run {
+/// The command `ferry ARGS` with `FERRY_REPO` unset, `env` set, no stdin and piped output.
+fn ferry_command<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
     cmd.args(args)
         .env_remove("FERRY_REPO")
@@ -141,15 +139,17 @@ pub fn ferry_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Ru
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let output = cmd.output().expect("run the ferry binary");
-    let run = Run::of(args, &output);
-    assert!(
-        output.status.code().is_some(),
-        "ferry was killed by a signal ({:?})\n{run}",
-        output.status
-    );
-    assert!(!run.stderr.contains("panicked"), "ferry panicked\n{run}");
-    run
+    cmd
+}
+
+/// Runs `ferry ARGS` with extra environment variables. Checks what must hold for every run:
+/// the process exited (no signal) and nothing panicked.
+#[track_caller]
+pub fn ferry_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Run {
+    let output = ferry_command(args, env)
+        .output()
+        .expect("run the ferry binary");
+    exited(args, &output, "ferry was killed by a signal")
 }
 
 /// Runs `ferry ARGS` (environment as [`ferry_with_env`]), sends it `signal` (a `kill -s`
@@ -163,16 +163,9 @@ pub fn ferry_interrupted<S: AsRef<OsStr>>(
     signal: &str,
     ready: impl Fn() -> bool,
 ) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.args(args)
-        .env_remove("FERRY_REPO")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    let mut child = cmd.spawn().expect("run the ferry binary");
+    let mut child = ferry_command(args, env)
+        .spawn()
+        .expect("run the ferry binary");
     // Waits for a condition, not for time: the pause only keeps the poll from spinning.
     while !ready() {
         if child.try_wait().expect("poll ferry").is_some() {
@@ -190,10 +183,21 @@ pub fn ferry_interrupted<S: AsRef<OsStr>>(
         .expect("run kill");
     assert!(kill.success(), "kill -s {signal} failed");
     let output = child.wait_with_output().expect("collect ferry's output");
-    let run = Run::of(args, &output);
+    exited(
+        args,
+        &output,
+        "ferry was ended by the signal instead of handling it",
+    )
+}
+
+/// The run of `ferry ARGS` that produced `output`, after checking that ferry exited (else
+/// panics with `killed`) and did not panic.
+#[track_caller]
+fn exited<S: AsRef<OsStr>>(args: &[S], output: &std::process::Output, killed: &str) -> Run {
+    let run = Run::of(args, output);
     assert!(
         output.status.code().is_some(),
-        "ferry was ended by the signal instead of handling it ({:?})\n{run}",
+        "{killed} ({:?})\n{run}",
         output.status
     );
     assert!(!run.stderr.contains("panicked"), "ferry panicked\n{run}");

@@ -773,31 +773,23 @@ fn push_mode_point_in_time() {
     assert_image_eq(&vm.base_bytes(0), &expected, "base after a push backup");
 }
 
-/// A disk made from a template: a qcow2 over a raw backing image. Its image file alone is not
-/// the whole disk, so overlay mode (and an offline backup) refuse it, naming the backing image
-/// and pointing to push mode, and leave the domain as it was; push mode backs up what the guest
-/// sees, both layers, at the point in time.
-#[test]
-fn backing_chain_refused_by_overlay_mode_and_backed_up_by_push_mode() {
-    const TOP: (u8, u64, u64) = (0x5c, 3 * MIB, 2 * MIB);
-    let spec = standard_disk(Format::Raw, 1200);
-    let spec = DiskSpec {
-        format: Format::Qcow2,
-        ..spec
-    };
-    let spec = DiskSpec {
-        backing: true,
-        ..spec
-    }
-    .with_top(TOP.1, TOP.2, TOP.0);
-    let vm = TestVm::start("backing_chain", &[spec]);
+/// A disk whose image file is not the whole disk (its `dependency`, `what` in the error):
+/// overlay mode and an offline backup refuse it, naming the dependency and pointing to push
+/// mode, and leave the domain as it was; push mode backs up what the guest sees at the point
+/// in time. Returns the restored content.
+fn dependency_refused_by_overlay_and_backed_up_by_push(
+    test: &str,
+    spec: DiskSpec,
+    dependency: &str,
+    what: &str,
+) -> Vec<u8> {
+    let vm = TestVm::start(test, &[spec]);
     let live = Live::new();
-    let backing = vm.dir().join("vda.backing.raw");
-    let backing_arg = backing.display().to_string();
+    let dependency = vm.dir().join(dependency).display().to_string();
     let line = live
         .backup(&vm, &[])
-        .error_line(&["vda", &backing_arg, "--mode push"]);
-    assert!(line.contains("backing image"), "{line}");
+        .error_line(&["vda", &dependency, "--mode push"]);
+    assert!(line.contains(what), "{line}");
     live.assert_clean(&vm, &[]);
     assert_eq!(vm.state(), "running");
     assert!(live.listed_snapshots().is_empty());
@@ -807,13 +799,52 @@ fn backing_chain_refused_by_overlay_mode_and_backed_up_by_push_mode() {
     let scratch = vm.subdir("scratch");
     let report = push_backup(&live, &vm, &scratch, &hook);
     let (got, _) = assert_point_in_time(&live, &vm, &report);
-    assert_has(&got, TOP, "restored: the qcow2 layer");
 
     vm.shutdown_hard();
     let line = live
         .backup(&vm, &[])
-        .error_line(&["vda", &backing_arg, "shut off"]);
-    assert!(line.contains("--mode push"), "{line}");
+        .error_line(&["vda", &dependency, "shut off"]);
+    assert!(
+        line.contains("--mode push") && line.contains(what),
+        "{line}"
+    );
+    got
+}
+
+/// A disk made from a template: a qcow2 over a raw backing image.
+#[test]
+fn backing_chain_refused_by_overlay_mode_and_backed_up_by_push_mode() {
+    const TOP: (u8, u64, u64) = (0x5c, 3 * MIB, 2 * MIB);
+    let spec = DiskSpec {
+        format: Format::Qcow2,
+        backing: true,
+        ..standard_disk(Format::Raw, 1200)
+    }
+    .with_top(TOP.1, TOP.2, TOP.0);
+    let got = dependency_refused_by_overlay_and_backed_up_by_push(
+        "backing_chain",
+        spec,
+        "vda.backing.raw",
+        "backing image",
+    );
+    assert_has(&got, TOP, "restored: the qcow2 layer");
+}
+
+/// A qcow2 whose guest data lives in an external data file: copying the qcow2 file alone
+/// would store only its metadata.
+#[test]
+fn external_data_file_refused_by_overlay_mode_and_backed_up_by_push_mode() {
+    let spec = DiskSpec {
+        format: Format::Qcow2,
+        data_file: true,
+        ..standard_disk(Format::Raw, 1300)
+    };
+    dependency_refused_by_overlay_and_backed_up_by_push(
+        "data_file",
+        spec,
+        "vda.data",
+        "external data file",
+    );
 }
 
 #[test]

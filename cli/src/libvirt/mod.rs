@@ -13,6 +13,7 @@ pub mod ffi;
 pub mod journal;
 pub mod overlay;
 pub mod push;
+pub mod qcow2;
 pub mod recover;
 
 use std::path::{Path, PathBuf};
@@ -172,25 +173,28 @@ pub enum FileCopy {
     Offline,
 }
 
-/// Refuses disks whose image is not the whole disk (a backing chain), for backups that copy
-/// image files: the chain shown in the domain XML, and the image header's backing file (a
-/// shut-off domain's XML may not show its chain). Push mode copies what the guest sees,
-/// chain included, so the error says to use it.
+/// Refuses disks whose image is not the whole disk, for backups that copy image files: a
+/// backing chain (shown in the domain XML, or named in the image header, since a shut-off
+/// domain's XML may not show it) or a qcow2 external data file. Push mode copies what the
+/// guest sees, so the error says to use it.
 pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
     let advice = match copy {
         FileCopy::Overlay => "use --mode push, which copies what the guest sees, chain included",
         FileCopy::Offline => {
             "the domain is shut off, so its image files are copied; start it and use --mode push, \
-             or flatten the chain (qemu-img convert)"
+             or flatten the image (qemu-img convert)"
         }
     };
     for disk in disks {
         let t = &disk.target;
         let source = disk.source.as_deref().expect("selected disks have images");
-        let backing = match &disk.backing {
-            Some(backing) => Some(backing.display().to_string()),
-            None => qcow2_backing_file(t, source)?,
-        };
+        let header = qcow2::dependencies(source)
+            .with_context(|| format!("cannot read the image of disk {t}: {}", source.display()))?;
+        let backing = disk
+            .backing
+            .as_ref()
+            .map(|b| b.display().to_string())
+            .or(header.backing);
         if let Some(backing) = backing {
             bail!(
                 "disk {t} ({}) has a backing image ({backing}), so its image file alone is not the \
@@ -198,34 +202,15 @@ pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
                 source.display()
             );
         }
+        if let Some(data_file) = header.data_file {
+            bail!(
+                "disk {t} ({}) keeps its data in an external data file ({data_file}), so its \
+                 image file alone is not the whole disk: {advice}",
+                source.display()
+            );
+        }
     }
     Ok(())
-}
-
-/// The backing file named in a qcow2 image's header (`Some("?")` when unreadable), `None` for a
-/// standalone qcow2 or any other image.
-fn qcow2_backing_file(target: &str, path: &Path) -> Result<Option<String>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open the image of disk {target}: {}", path.display()))?;
-    let mut head = [0u8; 20];
-    let n = file.read(&mut head).unwrap_or(0);
-    if n < head.len() || head[..4] != *b"QFI\xfb" {
-        return Ok(None);
-    }
-    let offset = u64::from_be_bytes(head[8..16].try_into().expect("8 bytes"));
-    if offset == 0 {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes(head[16..20].try_into().expect("4 bytes")).min(1023) as usize;
-    let mut name = vec![0u8; len];
-    let read = file
-        .seek(SeekFrom::Start(offset))
-        .and_then(|_| file.read_exact(&mut name));
-    Ok(Some(match read {
-        Ok(()) => String::from_utf8_lossy(&name).into_owned(),
-        Err(_) => "?".to_owned(),
-    }))
 }
 
 /// A temporary file name beside (or in `dir`) for the image `base`:

@@ -206,6 +206,8 @@ pub struct DiskSpec {
     pub backing: bool,
     /// Byte fills written into the qcow2 layer over the backing image.
     pub top: Vec<(u64, u64, u8)>,
+    /// qcow2 only: the guest data lives in an external raw data file (`vdX.data`).
+    pub data_file: bool,
 }
 
 impl DiskSpec {
@@ -216,6 +218,7 @@ impl DiskSpec {
             regions: Vec::new(),
             backing: false,
             top: Vec::new(),
+            data_file: false,
         }
     }
 
@@ -493,12 +496,15 @@ impl TestVm {
                     );
                 }
             } else if spec.format == Format::Qcow2 {
-                run_ok(
-                    Command::new("qemu-img")
-                        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-                        .arg(&raw_path)
-                        .arg(&path),
-                );
+                let mut convert = Command::new("qemu-img");
+                convert.args(["convert", "-q", "-f", "raw", "-O", "qcow2"]);
+                if spec.data_file {
+                    let data = base.join(format!("{target}.data"));
+                    convert
+                        .arg("-o")
+                        .arg(format!("data_file={},data_file_raw=on", data.display()));
+                }
+                run_ok(convert.arg(&raw_path).arg(&path));
                 std::fs::remove_file(&raw_path).expect("remove the initial raw image");
             }
             disks.push(VmDisk {

@@ -54,3 +54,13 @@ pub fn name(signal: i32) -> &'static str {
         _ => "a signal",
     }
 }
+
+/// For commands that only report (`list`, `verify` without `--quarantine`): a closed stdout
+/// (`ferry list | head -1`) ends the process quietly, as it ends `cat`, instead of a panic on
+/// EPIPE. Never for commands that have cleanup to do before they exit.
+pub fn quiet_on_broken_pipe() {
+    // SAFETY: restores the default disposition of SIGPIPE; no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -88,10 +88,11 @@ fn a_loop_device_backs_up_and_restores_onto_another() {
         vec![0xff; (8 * MIB) as usize]
     );
 
-    let restored = fx
-        .restore(&sid, &target.device, &["--force"])
-        .success()
-        .json();
+    // Through a symbolic link, as /dev/disk/by-id/… and /dev/VG/LV name devices.
+    let link = fx.path("target-link");
+    std::os::unix::fs::symlink(&target.device, &link).unwrap();
+    let restored = fx.restore(&sid, &link, &["--force"]).success().json();
+    assert!(link.is_symlink(), "the link was replaced");
     assert_eq!(num(&restored, "virtual_size"), 8 * MIB, "{restored:#}");
     let written = std::fs::read(&target.device).unwrap();
     assert!(

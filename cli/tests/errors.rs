@@ -23,12 +23,22 @@ fn missing_image_is_named() {
     assert!(fx.chunk_ids().is_empty());
 }
 
+/// A directory, or a FIFO (which must not block waiting for a writer while the repository
+/// lock is held), is not an image.
 #[test]
-fn directory_as_image_is_refused() {
+fn directory_or_fifo_as_image_is_refused() {
     let fx = Fixture::new();
     let dir = fx.dir("images");
-    let run = fx.run("backup", &[OsStr::new("--image"), dir.as_os_str()]);
-    run.error_line(&[dir.to_str().unwrap(), "not a regular file"]);
+    let fifo = fx.path("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    for image in [&dir, &fifo] {
+        let run = fx.run("backup", &[OsStr::new("--image"), image.as_os_str()]);
+        run.error_line(&[image.to_str().unwrap(), "not a regular file"]);
+    }
     assert!(fx.snapshot_ids().is_empty());
 }
 
@@ -55,6 +65,73 @@ fn restore_refuses_to_replace_an_existing_file_without_force() {
     fx.restore(&sid, &target, &["--force"]).success();
     assert_same_file(&image, &target);
     assert_eq!(dir_names(&out), ["existing.img"]);
+}
+
+/// Character devices, FIFOs, sockets and symbolic links (except to a block device) are
+/// refused as restore targets even with --force, and left exactly as they were: a restore
+/// must never replace /dev/null with a file or block on a FIFO.
+#[test]
+fn restore_refuses_special_files_and_links_even_with_force() {
+    use std::os::unix::fs::FileTypeExt;
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    let out = fx.dir("out");
+    let null = out.join("null");
+    let fifo = out.join("fifo");
+    let file = out.join("file.img");
+    let link = out.join("link");
+    let dangling = out.join("dangling");
+    for (what, cmd) in [
+        (
+            "mknod",
+            vec![
+                "mknod".into(),
+                null.display().to_string(),
+                "c".into(),
+                "1".into(),
+                "3".into(),
+            ],
+        ),
+        ("mkfifo", vec!["mkfifo".into(), fifo.display().to_string()]),
+    ] {
+        let status = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{what} failed");
+    }
+    std::fs::write(&file, b"pointed to").unwrap();
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    std::os::unix::fs::symlink(out.join("nowhere"), &dangling).unwrap();
+    let before = dir_names(&out);
+
+    for (target, words) in [
+        (&null, "a character device"),
+        (&fifo, "a FIFO"),
+        (&link, "a symbolic link"),
+        (&dangling, "a symbolic link"),
+    ] {
+        for flags in [&[][..], &["--force"][..]] {
+            fx.restore(&sid, target, flags)
+                .error_line(&[target.to_str().unwrap(), words]);
+        }
+    }
+    assert!(
+        std::fs::metadata(&null)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(link.is_symlink() && dangling.is_symlink());
+    assert_eq!(std::fs::read(&file).unwrap(), b"pointed to");
+
+    // A path ending in '/' that is no directory is refused before any work.
+    let slash = format!("{}/", out.join("newdir").display());
+    fx.restore(&sid, std::path::Path::new(&slash), &[])
+        .error_line(&["newdir/", "ends with '/'"]);
+    assert_eq!(dir_names(&out), before, "something was created or left");
 }
 
 #[test]

@@ -221,3 +221,39 @@ fn latest_is_the_most_recent_backup_even_within_one_second() {
         assert_same_file(&image, &target);
     }
 }
+
+/// `ferry list | head -1` and `ferry verify | head -1`: a reader that has gone away ends
+/// ferry quietly (SIGPIPE, as for `cat`), never with a panic.
+#[test]
+fn list_and_verify_into_a_closed_pipe_end_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let fx = Fixture::new();
+    let image = fx.path("disk.img");
+    write_image(&image, 2 * CHUNK, &[(0, &random_bytes(5, 1000))]);
+    fx.backup(&image, &[]);
+    for command in ["list", "verify"] {
+        // The read end is closed before ferry starts: its first write fails, every time.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([command, "--repo"])
+            .arg(&fx.repo)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("panicked"),
+            "ferry {command} panicked:\n{stderr}"
+        );
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGPIPE),
+            "ferry {command}: {:?}\n{stderr}",
+            output.status
+        );
+    }
+}

@@ -310,6 +310,52 @@ fn open_direct(path: &Path) -> Option<File> {
         .ok()
 }
 
+/// What a restore target path names. Symbolic links are followed only to block devices
+/// (`/dev/disk/by-id/…`, `/dev/VG/LV`); any other link is refused rather than replaced or
+/// written through, and so are directories, character devices, FIFOs and sockets (replacing
+/// `/dev/null` with a file, or blocking on a FIFO, must never happen).
+enum TargetKind {
+    Missing,
+    File,
+    BlockDevice,
+    /// Refused whatever the flags: a description ("a directory", "a FIFO", ...).
+    Other(String),
+}
+
+impl TargetKind {
+    fn of(target: &Path) -> std::io::Result<TargetKind> {
+        let meta = match std::fs::symlink_metadata(target) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TargetKind::Missing),
+            Err(e) => return Err(e),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let points_to = std::fs::read_link(target)?;
+            return Ok(match std::fs::metadata(target) {
+                Ok(meta) if meta.file_type().is_block_device() => TargetKind::BlockDevice,
+                _ => TargetKind::Other(format!(
+                    "a symbolic link (to {}); name the file itself",
+                    points_to.display()
+                )),
+            });
+        }
+        Ok(if kind.is_file() {
+            TargetKind::File
+        } else if kind.is_block_device() {
+            TargetKind::BlockDevice
+        } else if kind.is_dir() {
+            TargetKind::Other("a directory".to_owned())
+        } else if kind.is_char_device() {
+            TargetKind::Other("a character device".to_owned())
+        } else if kind.is_fifo() {
+            TargetKind::Other("a FIFO".to_owned())
+        } else {
+            TargetKind::Other("a socket".to_owned())
+        })
+    }
+}
+
 /// Where restored bytes go: a temporary file renamed over the target on success, or a block
 /// device written in place (zero chunks written as zeros, since a device has no holes).
 struct Output {
@@ -330,37 +376,26 @@ impl Output {
             path: target.to_owned(),
             reason: reason.to_owned(),
         };
-        match std::fs::metadata(target) {
-            Ok(meta) if meta.file_type().is_block_device() && !overwrite => {
+        match TargetKind::of(target).map_err(|e| refuse(&e.to_string()))? {
+            TargetKind::BlockDevice if !overwrite => {
                 return Err(refuse("is a block device (pass --force to overwrite it)"));
             }
-            Ok(meta) if meta.file_type().is_block_device() => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(target)
-                    .map_err(|e| refuse(&e.to_string()))?;
-                let device_size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
-                    .map_err(|e| refuse(&e.to_string()))?;
-                if device_size < size {
-                    return Err(refuse(&format!(
-                        "block device holds {device_size} bytes, the disk needs {size}"
-                    )));
-                }
-                return Ok(Output {
-                    file,
-                    direct: open_direct(target),
-                    direct_ok: AtomicBool::new(true),
-                    shown: target.to_owned(),
-                    temp: None,
-                });
+            TargetKind::BlockDevice => return Output::open_device(target, size),
+            TargetKind::Missing if target.as_os_str().as_encoded_bytes().ends_with(b"/") => {
+                return Err(refuse(
+                    "ends with '/' but is no directory; name the file to create",
+                ));
             }
-            Ok(meta) if meta.is_dir() => return Err(refuse("is a directory")),
-            Ok(_) if !overwrite => {
+            TargetKind::Missing => {}
+            TargetKind::File if !overwrite => {
                 return Err(refuse("already exists (pass --force to replace it)"));
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(refuse(&e.to_string())),
+            TargetKind::File => {}
+            TargetKind::Other(what) => {
+                return Err(refuse(&format!(
+                    "is {what}; Ferry restores into a new or existing regular file, or a block device"
+                )));
+            }
         }
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -392,6 +427,32 @@ impl Output {
             direct_ok: AtomicBool::new(true),
             shown: target.to_owned(),
             temp: Some(temp),
+        })
+    }
+
+    /// A block device written in place: it must hold at least `size` bytes.
+    fn open_device(target: &Path, size: u64) -> Result<Output, EngineError> {
+        let refuse = |reason: String| EngineError::RestoreTarget {
+            path: target.to_owned(),
+            reason,
+        };
+        let file = OpenOptions::new()
+            .write(true)
+            .open(target)
+            .map_err(|e| refuse(e.to_string()))?;
+        let device_size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
+            .map_err(|e| refuse(e.to_string()))?;
+        if device_size < size {
+            return Err(refuse(format!(
+                "block device holds {device_size} bytes, the disk needs {size}"
+            )));
+        }
+        Ok(Output {
+            file,
+            direct: open_direct(target),
+            direct_ok: AtomicBool::new(true),
+            shown: target.to_owned(),
+            temp: None,
         })
     }
 

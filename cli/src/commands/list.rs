@@ -37,6 +37,7 @@ struct Damaged {
 }
 
 pub fn run(args: ListArgs) -> Result<ExitCode> {
+    crate::signals::quiet_on_broken_pipe();
     let repo = open_repo(&args.repo)?;
     let mut listed = Vec::new();
     let mut damaged = Vec::new();

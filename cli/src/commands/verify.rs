@@ -12,6 +12,9 @@ use crate::commands::{open_repo, print_json};
 use crate::progress::Bar;
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
+    if !args.quarantine {
+        crate::signals::quiet_on_broken_pipe();
+    }
     let repo = open_repo(&args.repo)?;
     let snapshot = match args.snapshot.as_deref().map(|s| repo.resolve_snapshot(s)) {
         None => None,

@@ -30,7 +30,13 @@ impl ImageSource {
             path: path.to_owned(),
             source,
         };
-        let mut buffered = File::open(path).map_err(open_err)?;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below);
+        // regular files and block devices ignore the flag.
+        let mut buffered = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(open_err)?;
         let file_type = buffered.metadata().map_err(open_err)?.file_type();
         let is_block_device = file_type.is_block_device();
         if !file_type.is_file() && !is_block_device {

@@ -847,6 +847,34 @@ fn external_data_file_refused_by_overlay_mode_and_backed_up_by_push_mode() {
     );
 }
 
+/// A floppy and an empty CD-ROM drive beside the disk are neither backed up nor touched, in
+/// overlay and push mode: libvirt gives every writable device left out of a snapshot's XML
+/// an external overlay of its own, which nothing would ever merge back.
+#[test]
+fn removable_drives_are_left_alone() {
+    let vm = TestVm::start_with_removable_drives("removable", &[standard_disk(Format::Raw, 1400)]);
+    let live = Live::new();
+    let scratch = vm.subdir("scratch");
+    let floppy = vm.dir().join("fda.img").display().to_string();
+    let drives = || virsh_ok(&["domblklist", &vm.name, "--details"]);
+    let inactive = || virsh_ok(&["dumpxml", "--inactive", &vm.name]);
+    let (drives_before, inactive_before) = (drives(), inactive());
+    assert!(drives_before.contains(&floppy), "{drives_before}");
+    let files_before = dir_names(&vm.dir());
+
+    let hook = Hook::new(live.fx.tmp.path(), "hook", &[], &[]);
+    for report in [
+        live.backup_ok(&vm, &[]),
+        push_backup(&live, &vm, &scratch, &hook),
+    ] {
+        assert_eq!(disk_names(&report), ["vda"], "{report:#}");
+        live.assert_clean(&vm, &[]);
+        assert_eq!(drives(), drives_before, "the drives changed");
+        assert_eq!(inactive(), inactive_before, "the inactive XML changed");
+        assert_eq!(dir_names(&vm.dir()), files_before, "files appeared");
+    }
+}
+
 #[test]
 fn shut_off_domain_backs_up_offline() {
     let vm = TestVm::define(

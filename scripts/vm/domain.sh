@@ -19,6 +19,8 @@
 # when every image can be opened with O_DIRECT, else cache='writeback' io='threads' (e.g. tmpfs).
 #
 # Options:
+#   --floppy PATH     add a writable raw floppy drive (fda, bus fdc) holding PATH
+#   --cdrom           add an empty CD-ROM drive (sda, bus sata)
 #   --agent           add the QEMU guest agent channel (org.qemu.guest_agent.0). No agent ever
 #                     answers (no guest OS); without the channel libvirt reports the agent missing.
 #   --console         add a pty serial port and console
@@ -47,11 +49,13 @@ xml_escape() {
     printf '%s' "$s"
 }
 
-AGENT=0 CONSOLE=0 TYPE=auto CACHE=auto MEMORY=64 URI=qemu:///system
+AGENT=0 CONSOLE=0 CDROM=0 FLOPPY= TYPE=auto CACHE=auto MEMORY=64 URI=qemu:///system
 POSITIONAL=()
 while (($#)); do
     case $1 in
         --agent) AGENT=1 ;;
+        --cdrom) CDROM=1 ;;
+        --floppy) FLOPPY=${2:?--floppy needs a path}; shift ;;
         --console) CONSOLE=1 ;;
         --type) TYPE=${2:?--type needs a value}; shift ;;
         --cache) CACHE=${2:?--cache needs a value}; shift ;;
@@ -72,6 +76,7 @@ DISKS=("${POSITIONAL[@]:2}")
 [[ $NAME =~ ^[A-Za-z0-9._+-]+$ ]] || die "NAME may hold only letters, digits and . _ + -"
 [[ $MEMORY =~ ^[0-9]+$ ]] || die "--memory takes a number of MiB"
 [[ -d $DIR ]] || die "no directory $DIR"
+[[ -z $FLOPPY || -f $FLOPPY ]] || die "no floppy image $FLOPPY"
 
 case $TYPE in
     kvm | qemu) ;;
@@ -130,6 +135,17 @@ xml="$DIR/$NAME.xml"
         printf "      <target dev='vd%s' bus='virtio'/>\n" "${letters:$i:1}"
         printf '    </disk>\n'
     done
+    if [[ -n $FLOPPY ]]; then
+        printf "    <disk type='file' device='floppy'>\n"
+        printf "      <driver name='qemu' type='raw'/>\n"
+        printf "      <source file='%s'/>\n" "$(xml_escape "$(realpath -- "$FLOPPY")")"
+        printf "      <target dev='fda' bus='fdc'/>\n"
+        printf '    </disk>\n'
+    fi
+    if ((CDROM)); then
+        printf "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n"
+        printf "      <target dev='sda' bus='sata'/>\n      <readonly/>\n    </disk>\n"
+    fi
     printf "    <controller type='usb' model='none'/>\n"
     if ((CONSOLE)); then
         printf "    <serial type='pty'>\n      <target port='0'/>\n    </serial>\n"

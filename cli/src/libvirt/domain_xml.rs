@@ -67,9 +67,10 @@ pub fn has_agent_channel(xml: &str) -> bool {
     })
 }
 
-/// `<{root}><disks>…</disks></{root}>` naming every `device='disk'` of the domain: the element
-/// `chosen` returns for a selected disk, `<disk name='T' {skip}/>` for the others (so libvirt
-/// never applies a default to a disk Ferry did not mean to touch).
+/// `<{root}><disks>…</disks></{root}>` naming every `<disk>` of the domain, whatever its
+/// device (disk, floppy, cdrom, lun): the element `chosen` returns for a selected disk,
+/// `<disk name='T' {skip}/>` for all others, so libvirt never applies its default (for a
+/// snapshot: an external overlay of every writable device) to one Ferry did not mean to touch.
 pub fn per_disk_xml(
     root: &str,
     all_disks: &[DiskDef],
@@ -77,7 +78,7 @@ pub fn per_disk_xml(
     chosen: impl Fn(&DiskDef) -> Option<String>,
 ) -> String {
     let mut xml = format!("<{root}><disks>");
-    for disk in all_disks.iter().filter(|d| d.device == "disk") {
+    for disk in all_disks {
         match chosen(disk) {
             Some(element) => xml.push_str(&element),
             None => xml.push_str(&format!(

@@ -451,8 +451,21 @@ impl TestVm {
         vm
     }
 
+    /// As [`TestVm::start`], with a writable floppy drive (`fda`, image `fda.img` in the VM's
+    /// directory) and an empty CD-ROM drive (`sda`) beside the disks.
+    pub fn start_with_removable_drives(test: &str, disks: &[DiskSpec]) -> TestVm {
+        let vm = TestVm::define_with(test, disks, true);
+        virsh_ok(&["start", &vm.name]);
+        vm
+    }
+
     /// Creates the images of `disks` and defines the domain without starting it.
     pub fn define(test: &str, specs: &[DiskSpec]) -> TestVm {
+        TestVm::define_with(test, specs, false)
+    }
+
+    /// [`TestVm::define`], with a floppy and a CD-ROM drive when `removable`.
+    fn define_with(test: &str, specs: &[DiskSpec], removable: bool) -> TestVm {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         ensure_libvirt();
         assert!(!specs.is_empty() && specs.len() <= 26);
@@ -518,9 +531,14 @@ impl TestVm {
 
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("scripts/vm/domain.sh"))
-            .args(["--uri", URI])
-            .arg(&name)
-            .arg(&base);
+            .args(["--uri", URI]);
+        if removable {
+            let floppy = base.join("fda.img");
+            let file = std::fs::File::create(&floppy).expect("create a floppy image");
+            file.set_len(1440 * 1024).expect("size a floppy image");
+            cmd.arg("--cdrom").arg("--floppy").arg(&floppy);
+        }
+        cmd.arg(&name).arg(&base);
         for disk in &disks {
             cmd.arg(format!(
                 "{},format={}",

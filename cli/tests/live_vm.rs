@@ -546,14 +546,27 @@ fn recover_without_journal() {
     sigkill_then_recover("recover_no_journal", true);
 }
 
+/// `--quiesce on` without a guest agent fails before the point in time is fixed, in overlay
+/// mode (no overlay) and push mode (no job, no scratch file), and changes nothing.
 #[test]
 fn quiesce_on_without_agent_fails_cleanly() {
     let vm = TestVm::start("quiesce_on", &[standard_disk(Format::Raw, 600)]);
     let live = Live::new();
-    let run = live.backup(&vm, &["--quiesce", "on"]);
-    run.error_line(&["agent"]);
-    live.assert_clean(&vm, &[]);
-    assert_eq!(vm.state(), "running");
+    let scratch = vm.subdir("scratch");
+    let scratch_arg = scratch.display().to_string();
+    for extra in [
+        &[][..],
+        &["--mode", "push", "--scratch-dir", &scratch_arg][..],
+    ] {
+        let mut args = vec!["--quiesce", "on"];
+        args.extend_from_slice(extra);
+        live.backup(&vm, &args)
+            .error_line(&["--quiesce on", "agent"]);
+        live.assert_clean(&vm, &[&scratch]);
+        assert!(dir_names(&scratch).is_empty(), "scratch files left");
+        assert_no_job(&vm);
+        assert_eq!(vm.state(), "running");
+    }
     assert!(live.listed_snapshots().is_empty());
     assert!(live.fx.snapshot_ids().is_empty());
     assert!(live.fx.chunk_ids().is_empty(), "chunks were stored");

@@ -10,7 +10,8 @@ use crate::args::{BackupArgs, ModeChoice, QuiesceChoice};
 use crate::commands::backup::engine_options;
 use crate::hook::{self, Phase};
 use crate::libvirt::journal::Journal;
-use crate::libvirt::overlay::{self, DomainTarget, Quiesce};
+use crate::libvirt::overlay::{self, DomainTarget};
+use crate::libvirt::quiesce::Quiesce;
 use crate::libvirt::recover::recover;
 use crate::libvirt::{
     FileCopy, Hypervisor, domain_xml, ffi, is_running, push, require_single_images, select_disks,
@@ -75,13 +76,13 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
         return Ok(pending.publish(repo)?);
     }
 
+    let quiesce = match args.quiesce {
+        QuiesceChoice::Auto => Quiesce::Auto,
+        QuiesceChoice::On => Quiesce::On,
+        QuiesceChoice::Off => Quiesce::Off,
+    };
     match args.mode {
         ModeChoice::Overlay => {
-            let quiesce = match args.quiesce {
-                QuiesceChoice::Auto => Quiesce::Auto,
-                QuiesceChoice::On => Quiesce::On,
-                QuiesceChoice::Off => Quiesce::Off,
-            };
             let frozen = overlay::freeze(
                 &target,
                 &all_disks,
@@ -99,7 +100,13 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
             combine(copied, thawed, name)
         }
         ModeChoice::Push => {
-            let scratches = push::begin(&target, &all_disks, &disks, args.scratch_dir.as_deref())?;
+            let scratches = push::begin(
+                &target,
+                &all_disks,
+                &disks,
+                args.scratch_dir.as_deref(),
+                quiesce,
+            )?;
             let copied = guarded(|| {
                 hook::run(hook_cmd, Phase::Frozen, name)?;
                 push::wait(&domain, &cancel, &bar)?;

@@ -139,6 +139,20 @@ pub fn backup_begin(domain: &Domain, backup_xml: &str) -> Result<(), LibvirtErro
     if rc < 0 { Err(last_error()) } else { Ok(()) }
 }
 
+/// Freezes every guest filesystem through the guest agent (`virDomainFSFreeze`).
+pub fn fs_freeze(domain: &Domain) -> Result<(), LibvirtError> {
+    // SAFETY: a live domain pointer; no mount point list (all filesystems).
+    let rc = unsafe { sys::virDomainFSFreeze(domain.as_ptr(), std::ptr::null_mut(), 0, 0) };
+    if rc < 0 { Err(last_error()) } else { Ok(()) }
+}
+
+/// Thaws every guest filesystem through the guest agent (`virDomainFSThaw`).
+pub fn fs_thaw(domain: &Domain) -> Result<(), LibvirtError> {
+    // SAFETY: a live domain pointer; no mount point list (all filesystems).
+    let rc = unsafe { sys::virDomainFSThaw(domain.as_ptr(), std::ptr::null_mut(), 0, 0) };
+    if rc < 0 { Err(last_error()) } else { Ok(()) }
+}
+
 /// Aborts the domain's current job (`virDomainAbortJob`).
 pub fn abort_job(domain: &Domain) -> Result<(), LibvirtError> {
     // SAFETY: a live domain pointer.

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod overlay;
 pub mod push;
 pub mod qcow2;
+pub mod quiesce;
 pub mod recover;
 
 use std::path::{Path, PathBuf};

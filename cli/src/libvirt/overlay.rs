@@ -12,23 +12,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use virt::domain::Domain;
 use virt::sys;
 
 use crate::libvirt::chain::{merge_into_base, remove_temporary};
 use crate::libvirt::domain_xml::{self, DiskDef, escape_attr};
-use crate::libvirt::ffi::{self, codes};
+use crate::libvirt::ffi;
 use crate::libvirt::journal::{Entry, EntryDisk, Journal};
+use crate::libvirt::quiesce::{self, Quiesce};
 use crate::libvirt::{OVERLAY_MARK, temporary_path};
-
-/// Whether to quiesce guest filesystems for the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quiesce {
-    Auto,
-    On,
-    Off,
-}
 
 /// The domain a backup works on, and where it records what it changes.
 #[derive(Clone, Copy)]
@@ -109,30 +102,9 @@ pub fn freeze(
             .collect(),
     )?;
     let snapshot_xml = snapshot_xml(all_disks, &frozen);
-    let xml = crate::libvirt::domain_xml(domain)?;
-    let result = match quiesce {
-        Quiesce::Off => take_snapshot(domain, &snapshot_xml, false).map_err(|e| anyhow!(e)),
-        Quiesce::On => take_snapshot(domain, &snapshot_xml, true).map_err(|e| {
-            if is_agent_error(&e) {
-                anyhow!("--quiesce on needs the QEMU guest agent, which does not answer: {e}")
-            } else {
-                anyhow!(e)
-            }
-        }),
-        Quiesce::Auto if domain_xml::has_agent_channel(&xml) => {
-            match take_snapshot(domain, &snapshot_xml, true) {
-                Err(e) if is_agent_error(&e) => {
-                    log::warn!(
-                        "guest agent does not answer ({e}); taking a crash-consistent snapshot"
-                    );
-                    take_snapshot(domain, &snapshot_xml, false)
-                }
-                other => other,
-            }
-            .map_err(|e| anyhow!(e))
-        }
-        Quiesce::Auto => take_snapshot(domain, &snapshot_xml, false).map_err(|e| anyhow!(e)),
-    };
+    let result = quiesce::at_point_in_time(domain, quiesce, |quiesced| {
+        take_snapshot(domain, &snapshot_xml, quiesced)
+    });
     if let Err(e) = result {
         // An atomic snapshot that failed changed nothing, unless the failure came after QEMU
         // switched (a dropped connection): look before deleting anything.
@@ -193,11 +165,6 @@ fn take_snapshot(domain: &Domain, xml: &str, quiesce: bool) -> Result<(), ffi::L
     }
     domain.create_snapshot_xml(xml, flags)?;
     Ok(())
-}
-
-fn is_agent_error(e: &ffi::LibvirtError) -> bool {
-    e.code == codes::AGENT_UNRESPONSIVE
-        || (e.code == codes::ARGUMENT_UNSUPPORTED && e.message.contains("agent"))
 }
 
 /// The disk-only snapshot: an external overlay for each frozen disk, none for the others.

@@ -18,6 +18,7 @@ use crate::libvirt::domain_xml::{DiskDef, escape_attr, per_disk_xml};
 use crate::libvirt::ffi::{self, JobEnd};
 use crate::libvirt::journal::{EntryDisk, Journal};
 use crate::libvirt::overlay::DomainTarget;
+use crate::libvirt::quiesce::{self, Quiesce};
 use crate::libvirt::{SCRATCH_MARK, temporary_path};
 
 const POLL: Duration = Duration::from_millis(50);
@@ -38,6 +39,7 @@ pub fn begin(
     all_disks: &[DiskDef],
     disks: &[DiskDef],
     scratch_dir: Option<&Path>,
+    quiesce: Quiesce,
 ) -> Result<Vec<Scratch>> {
     let DomainTarget {
         domain, journal, ..
@@ -70,11 +72,16 @@ pub fn begin(
             })
             .collect(),
     )?;
-    if let Err(e) = ffi::backup_begin(domain, &backup_xml(all_disks, &scratches)) {
+    let xml = backup_xml(all_disks, &scratches);
+    let started = quiesce::at_point_in_time(domain, quiesce, |quiesced| match quiesced {
+        true => quiesce::with_frozen_filesystems(domain, || ffi::backup_begin(domain, &xml)),
+        false => ffi::backup_begin(domain, &xml),
+    });
+    if let Err(e) = started {
         // No job of ours runs (another job may: it is not ours to abort).
         remove_scratches(&scratches)?;
         journal.clear(&uuid)?;
-        return Err(anyhow::Error::new(e).context("cannot start the push backup job"));
+        return Err(e.context("cannot start the push backup job"));
     }
     Ok(scratches)
 }

@@ -572,6 +572,24 @@ fn quiesce_on_without_agent_fails_cleanly() {
     assert!(live.fx.chunk_ids().is_empty(), "chunks were stored");
 }
 
+/// Whether process `pid` is gone (or a zombie) within `limit`: a process sent SIGTERM ends
+/// when the kernel next schedules it, so the check waits for that condition, polling.
+fn ends_within(pid: &str, limit: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        // The state is the field after the parenthesised command name.
+        let ended = state.map_or(true, |s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        });
+        if ended || started.elapsed() > limit {
+            return ended;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Asserts that libvirt runs no job (backup, block job) on the domain.
 #[track_caller]
 fn assert_no_job(vm: &TestVm) {
@@ -645,9 +663,10 @@ fn failing_hook_aborts_and_merges_back() {
     assert_image_eq(&vm.base_bytes(0), &expected, "base after aborted backups");
 }
 
-/// SIGINT or SIGTERM while frozen (sent by the `frozen` hook): ferry stops before publishing,
-/// merges the domain back (overlay mode) or ends the job and removes its scratch file (push
-/// mode), exits with 128 + the signal's number naming it, and the next backup works.
+/// SIGINT, SIGHUP or SIGTERM while frozen (sent by the `frozen` hook): ferry stops before
+/// publishing, ends a hook still running, merges the domain back (overlay mode) or ends the
+/// job and removes its scratch file (push mode), exits with 128 + the signal's number naming
+/// it, and the next backup works.
 #[test]
 fn signal_while_frozen_stops_cleanly() {
     let vm = TestVm::start("signal_frozen", &[standard_disk(Format::Raw, 900)]);
@@ -667,6 +686,31 @@ fn signal_while_frozen_stops_cleanly() {
         .interrupted_by("SIGINT", 130);
     hook.assert_calls(&vm, &["frozen"]);
     live.assert_clean(&vm, &[]);
+
+    // A hook that would run for minutes: ferry ends its whole process group and stops.
+    let sleeper = live.fx.path("sleeper.pid");
+    let hook = Hook::new(
+        live.fx.tmp.path(),
+        "sigHUP-sleeping",
+        &[
+            format!(
+                "sleep 300 & echo $! > {}",
+                sh_quote(&sleeper.display().to_string())
+            ),
+            r#"kill -HUP "$FERRY_PID""#.to_owned(),
+            "wait".to_owned(),
+        ],
+        &[],
+    );
+    live.backup(&vm, &["--hook", &hook.arg()])
+        .interrupted_by("SIGHUP", 129);
+    live.assert_clean(&vm, &[]);
+    let pid = std::fs::read_to_string(&sleeper).unwrap();
+    assert!(
+        ends_within(pid.trim(), std::time::Duration::from_secs(10)),
+        "the hook's child {} outlived ferry",
+        pid.trim()
+    );
 
     let hook = signalling("TERM");
     with_push_args(&scratch, &hook, |args| live.backup(&vm, args)).interrupted_by("SIGTERM", 143);

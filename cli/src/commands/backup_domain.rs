@@ -91,9 +91,9 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
                 quiesce,
             )?;
             let copied = guarded(|| {
-                hook::run(hook_cmd, Phase::Frozen, name)?;
+                hook::run(hook_cmd, Phase::Frozen, name, &cancel)?;
                 let pending = copy(repo, &base_sources, &options, &bar)?;
-                hook::run(hook_cmd, Phase::Copied, name)?;
+                hook::run(hook_cmd, Phase::Copied, name, &cancel)?;
                 Ok(pending.publish(repo)?)
             });
             let thawed = overlay::thaw(&domain, &frozen, &journal, &bar);
@@ -108,7 +108,7 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
                 quiesce,
             )?;
             let copied = guarded(|| {
-                hook::run(hook_cmd, Phase::Frozen, name)?;
+                hook::run(hook_cmd, Phase::Frozen, name, &cancel)?;
                 push::wait(&domain, &cancel, &bar)?;
                 push::check_complete(&scratches)?;
                 let sources: Vec<DiskSource> = scratches
@@ -120,7 +120,7 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
                     })
                     .collect();
                 let pending = copy(repo, &sources, &options, &bar)?;
-                hook::run(hook_cmd, Phase::Copied, name)?;
+                hook::run(hook_cmd, Phase::Copied, name, &cancel)?;
                 Ok(pending.publish(repo)?)
             });
             let ended = push::end(&domain, &scratches, &journal);

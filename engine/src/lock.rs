@@ -18,8 +18,10 @@
 //! A holder rewrites its lock every [`REFRESH_EVERY`]. A lock is stale, and ignored (and removed
 //! by gc), when its object is older than [`STALE_AFTER`] by the sink's own clock (the acquirer
 //! compares against the modification time of the lock it just wrote, so hosts' clocks do not
-//! matter), or when it names this host and a process that no longer exists (a backup killed
-//! with SIGKILL on this host does not block gc for half an hour). "This host" means the same
+//! matter), or when it names this host and a process that no longer runs: gone, a zombie no
+//! init reaped, or a later process that got the same pid (its start time differs from
+//! [`LockInfo::pid_start`]); a backup killed with SIGKILL on this host does not block gc for
+//! half an hour. "This host" means the same
 //! hostname, kernel boot and pid namespace ([`LockInfo::pid_scope`]): containers that share a
 //! hostname, or a host rebooted since, cannot see the holder's pid, so for them only the age
 //! counts. Locks written without a pid scope are judged by age only.
@@ -77,6 +79,10 @@ pub struct LockInfo {
     /// that the holder is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_scope: Option<String>,
+    /// The holder's start time (clock ticks since boot, `/proc/<pid>/stat`), so a later
+    /// process that got the same pid is not taken for the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
 }
 
 /// This process's [`LockInfo::pid_scope`], when `/proc` tells it.
@@ -84,6 +90,28 @@ pub fn pid_scope() -> Option<String> {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
     Some(format!("{}/{}", boot.trim(), namespace.to_str()?))
+}
+
+/// What `/proc/<pid>/stat` says of a process of this pid namespace: `None` when there is no
+/// such process, else whether it still runs (not a zombie) and its start time.
+fn process_status(pid: u32) -> Option<(bool, Option<u64>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name (which may itself hold ") "): state first,
+    // start time 20th (field 22 of the whole line).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let mut fields = rest.split_whitespace();
+    let running = fields.next().is_some_and(|state| state != "Z" && state != "X");
+    let start = fields.nth(18).and_then(|f| f.parse().ok());
+    Some((running, start))
+}
+
+/// Whether the holder of a lock taken in this host's pid scope has gone: no process with its
+/// pid, a zombie, or a process that started at another time (the pid was reused).
+fn holder_gone(info: &LockInfo) -> bool {
+    match process_status(info.pid) {
+        None | Some((false, _)) => true,
+        Some((true, start)) => info.pid_start.is_some() && start != info.pid_start,
+    }
 }
 
 /// A held lock. Dropping it stops the refresher and deletes the lock object.
@@ -129,6 +157,7 @@ impl RepoLock {
                 .as_secs(),
             name: name.map(str::to_owned),
             pid_scope: pid_scope(),
+            pid_start: process_status(std::process::id()).and_then(|(_, start)| start),
         }
     }
 
@@ -246,7 +275,7 @@ fn lock_key(name: &str) -> ObjectKey {
 
 /// Whether a lock can be ignored: older than [`STALE_AFTER`] relative to `now` (both times by
 /// the sink's clock), or held by a process of this host, boot and pid namespace that no longer
-/// exists.
+/// runs (gone, a zombie, or its pid reused by a process started later).
 fn is_stale(info: Option<&LockInfo>, modified: SystemTime, now: SystemTime) -> bool {
     if now.duration_since(modified).unwrap_or_default() > STALE_AFTER {
         return true;
@@ -255,7 +284,7 @@ fn is_stale(info: Option<&LockInfo>, modified: SystemTime, now: SystemTime) -> b
         info.hostname == crate::backup::hostname()
             && info.pid_scope.is_some()
             && info.pid_scope == pid_scope()
-            && !std::path::Path::new(&format!("/proc/{}", info.pid)).exists()
+            && holder_gone(info)
     })
 }
 
@@ -326,6 +355,7 @@ mod tests {
             created_unix: 0,
             name: None,
             pid_scope: pid_scope(),
+            pid_start: None,
         };
         assert!(info.pid_scope.is_some(), "no pid scope from /proc");
         // The same pid seen from another pid namespace, another boot, or by a lock that does
@@ -360,6 +390,32 @@ mod tests {
     }
 
     #[test]
+    fn zombies_and_reused_pids_do_not_hold_locks() {
+        let here = |pid: u32, pid_start: Option<u64>| LockInfo {
+            pid,
+            pid_start,
+            ..RepoLock::info(LockKind::Shared, "backup", None)
+        };
+        let fresh = SystemTime::now();
+        // This process holds its lock, with or without a recorded start time.
+        let me = RepoLock::info(LockKind::Shared, "backup", None);
+        assert!(me.pid_start.is_some(), "no start time from /proc");
+        assert!(!is_stale(Some(&me), fresh, fresh));
+        assert!(!is_stale(Some(&here(me.pid, None)), fresh, fresh));
+        // The same pid with another start time is a later process: the holder is gone.
+        let reused = here(me.pid, me.pid_start.map(|s| s + 1));
+        assert!(is_stale(Some(&reused), fresh, fresh));
+        // A holder killed but not yet reaped (a zombie: no init reaps it in some containers).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = child.id();
+        while process_status(zombie).is_some_and(|(running, _)| running) {
+            std::thread::yield_now();
+        }
+        assert!(is_stale(Some(&here(zombie, None)), fresh, fresh));
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn a_live_lock_of_another_host_blocks_gc() {
         let repo = repo();
         let info = LockInfo {
@@ -370,6 +426,7 @@ mod tests {
             created_unix: 0,
             name: None,
             pid_scope: None,
+            pid_start: None,
         };
         let key = lock_key("other");
         repo.sink()
@@ -401,6 +458,7 @@ mod tests {
             created_unix: 0,
             name: None,
             pid_scope: None,
+            pid_start: None,
         };
         assert!(is_stale(Some(&other_host), old, now));
         assert!(!is_stale(Some(&other_host), fresh, now));

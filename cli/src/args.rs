@@ -112,19 +112,19 @@ pub struct BackupArgs {
     #[arg(long, value_name = "NAME")]
     pub domain: Option<String>,
     /// Live backup method for a running domain.
-    #[arg(long, value_enum, default_value = "overlay", requires = "domain")]
+    #[arg(long, value_enum, default_value = "overlay", conflicts_with = "image")]
     pub mode: ModeChoice,
     /// Disk targets to back up (repeatable; default: every file-backed disk).
-    #[arg(long = "disk", value_name = "TARGET", requires = "domain")]
+    #[arg(long = "disk", value_name = "TARGET", conflicts_with = "image")]
     pub disks: Vec<String>,
     /// Quiesce guest filesystems through the QEMU guest agent.
-    #[arg(long, value_enum, default_value = "auto", requires = "domain")]
+    #[arg(long, value_enum, default_value = "auto", conflicts_with = "image")]
     pub quiesce: QuiesceChoice,
     /// Directory for the temporary overlays (default: beside each disk image).
-    #[arg(long, value_name = "DIR", requires = "domain")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     pub overlay_dir: Option<PathBuf>,
     /// Directory for push mode's scratch copies (default: beside each disk image).
-    #[arg(long, value_name = "DIR", requires = "domain")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     pub scratch_dir: Option<PathBuf>,
     #[command(flatten)]
     pub connect: ConnectArg,
@@ -133,7 +133,7 @@ pub struct BackupArgs {
     /// is stored; the snapshot is not yet published, the domain not yet merged back), and
     /// FERRY_DOMAIN, FERRY_PID set. A failing hook aborts the backup: nothing is published, and
     /// the domain is still merged back.
-    #[arg(long, value_name = "CMD", requires = "domain")]
+    #[arg(long, value_name = "CMD", conflicts_with = "image")]
     pub hook: Option<String>,
     #[command(flatten)]
     pub repo: RepoArg,
@@ -152,7 +152,7 @@ pub struct BackupArgs {
     )]
     pub zstd_level: i32,
     /// Compression threads (default: every core).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
     /// Concurrent writes to the repository.
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -230,8 +230,8 @@ pub struct RestoreArgs {
     /// Replace an existing file, or write onto a block device.
     #[arg(long)]
     pub force: bool,
-    /// Concurrent chunk fetches.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    /// Concurrent chunk fetches (each holds one chunk buffer).
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = parse_threads)]
     pub threads: usize,
     #[arg(long)]
     pub json: bool,
@@ -258,7 +258,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub quarantine: bool,
     /// Concurrent chunk reads with --read-data.
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = parse_threads)]
     pub threads: usize,
     #[arg(long)]
     pub json: bool,
@@ -316,4 +316,16 @@ pub struct RecoverArgs {
     pub connect: ConnectArg,
     #[arg(long)]
     pub json: bool,
+}
+
+/// Most threads a `--threads` may ask for: each may hold a chunk buffer (up to 64 MiB).
+const MAX_THREADS: usize = 256;
+
+/// A `--threads` value: 1 to [`MAX_THREADS`].
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("must be between 1 and {MAX_THREADS}")),
+        Err(e) => Err(e.to_string()),
+    }
 }

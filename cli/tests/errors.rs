@@ -372,6 +372,40 @@ fn usage_errors_exit_2() {
     ferry(&["backup"]).code(2);
     ferry(&["no-such-command"]).code(2);
     ferry(&["verify", "--repo", "/nonexistent", "--threads", "many"]).code(2);
+    // Flags of domain backups are refused with --image rather than ignored (a hook that
+    // silently never runs).
+    for flag in [
+        &["--hook", "true"][..],
+        &["--mode", "push"],
+        &["--quiesce", "on"],
+        &["--disk", "vda"],
+        &["--overlay-dir", "/tmp"],
+        &["--scratch-dir", "/tmp"],
+    ] {
+        let mut args = vec![
+            "backup",
+            "--repo",
+            "/nonexistent",
+            "--image",
+            "/etc/hostname",
+        ];
+        args.extend_from_slice(flag);
+        let run = ferry(&args).code(2);
+        assert!(run.stderr.contains(flag[0]), "{run}");
+    }
+    for threads in ["0", "100000"] {
+        ferry(&[
+            "restore",
+            "--repo",
+            "/x",
+            "latest",
+            "--to",
+            "/x/y",
+            "--threads",
+            threads,
+        ])
+        .code(2);
+    }
     let help = ferry(&["--help"]).success();
     for sub in ["init", "backup", "list", "restore", "verify", "gen-image"] {
         assert!(help.stdout.contains(sub), "{help}");

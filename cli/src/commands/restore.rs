@@ -18,7 +18,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     let id = repo.resolve_snapshot(&args.snapshot)?;
     let snapshot = repo.load_snapshot(&id)?;
     let options = RestoreOptions {
-        threads: args.threads.max(1),
+        threads: args.threads,
         overwrite: args.force,
         cancel: Some(crate::signals::cancel_on_signal()?),
     };

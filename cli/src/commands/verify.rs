@@ -33,7 +33,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         &repo,
         snapshot.as_deref(),
         read,
-        args.threads.max(1),
+        args.threads,
         &Bar::new(args.json),
     )?;
     if args.json {

@@ -504,14 +504,27 @@ fn sigkill_then_recover(test: &str, delete_journal: bool) {
         "a write made on the overlay reached the base"
     );
 
-    live.recover(&vm).success();
+    let run = live.recover(&vm).success();
+    assert!(
+        run.stdout
+            .contains(&format!("domain {}: merged vda back", vm.name)),
+        "{run}"
+    );
     live.assert_clean(&vm, &extra_dirs);
     assert!(!overlay.exists(), "{} was not deleted", overlay.display());
     assert_eq!(vm.state(), "running");
     vm.check(0, A.0, A.1, A.2);
     vm.check(0, C.0, C.1, C.2);
-    // Nothing left to do: recover succeeds again.
+    // Nothing left to do: recover succeeds again. A domain that does not exist is an error.
     live.recover(&vm).success();
+    live.ferry(&[
+        "recover",
+        "--domain",
+        "ferry-test-no-such-domain",
+        "--connect",
+        URI,
+    ])
+    .error_line(&["ferry-test-no-such-domain", "not found"]);
 
     let initial = &vm.disk(0).initial;
     let mut expected = initial.clone();

@@ -29,11 +29,7 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
     let recovered = recover(&hv, &journal, Some(name), Some(&lock))
         .context("cannot recover an earlier backup of this domain")?;
     for r in recovered {
-        log::warn!(
-            "recovered an interrupted backup of {}: merged {:?}",
-            r.domain,
-            r.merged
-        );
+        log::warn!("recovered an interrupted backup: {r}");
     }
     let xml = domain_xml(&domain)?;
     let all_disks = crate::libvirt::domain_xml::disks(&xml)?;

@@ -14,22 +14,20 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     let hv = Hypervisor::open(&args.connect.connect)?;
     let journal = Journal::from_env();
     let recovered = recover(&hv, &journal, args.domain.as_deref(), None)?;
+    // A name that matched nothing is a typo until shown otherwise (a journal entry of a
+    // domain since undefined is recovered above, and then `recovered` is not empty).
+    if let Some(name) = &args.domain
+        && recovered.is_empty()
+    {
+        hv.domain(name)?;
+    }
     if args.json {
         print_json(&serde_json::json!({ "recovered": recovered }))?;
     } else if recovered.is_empty() {
         println!("nothing to recover");
     } else {
         for r in &recovered {
-            println!(
-                "domain {}: merged {} back; removed {} temporary files",
-                r.domain,
-                if r.merged.is_empty() {
-                    "nothing".to_owned()
-                } else {
-                    r.merged.join(", ")
-                },
-                r.removed.len()
-            );
+            println!("{r}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,10 +9,13 @@
 //! `/var/lib/ferry`), written as temp file, fsync, rename, fsync of the directory; files are
 //! 0600 and directories 0700.
 //!
-//! In `$FERRY_STATE_DIR/locks/`, `<domain uuid>.lock` is `flock`ed exclusively by a backup for its whole run, and
-//! tried by `recover` before it touches the domain: a held lock means a backup is in progress
-//! (the kernel releases it when the process dies, even by SIGKILL), so recovery never merges
-//! an overlay a live backup is still reading, and two backups of one domain never overlap.
+//! `<domain uuid>.lock` is `flock`ed exclusively by a backup for its whole run, and tried by
+//! `recover` before it touches the domain: a held lock means a backup is in progress (the
+//! kernel releases it when the process dies, even by SIGKILL), so recovery never merges an
+//! overlay a live backup is still reading, and two backups of one domain never overlap. The
+//! lock is taken in `$FERRY_STATE_DIR/locks/` and also in the host-wide [`HOST_LOCK_DIR`]
+//! (when it can be created), so processes with different state directories still exclude
+//! each other.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -24,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
+
+/// Domain locks shared by every Ferry process of this host, whatever its state directory.
+pub const HOST_LOCK_DIR: &str = "/run/ferry/locks";
 
 /// What a domain backup changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +60,8 @@ pub struct EntryDisk {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
-    locks: PathBuf,
+    /// Where domain locks are taken: the state directory's, then the host-wide one.
+    locks: Vec<PathBuf>,
 }
 
 impl Journal {
@@ -65,7 +72,7 @@ impl Journal {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         Journal {
             dir: state.join("journal"),
-            locks: state.join("locks"),
+            locks: vec![state.join("locks"), PathBuf::from(HOST_LOCK_DIR)],
         }
     }
 
@@ -153,34 +160,54 @@ impl Journal {
         })
     }
 
-    /// Takes the domain's lock if it is free; `None` while another process holds it.
+    /// Takes the domain's lock if it is free; `None` while another process holds it. The
+    /// state directory's lock must be taken; the host-wide one is skipped (with a debug
+    /// message) when its directory cannot be created, e.g. without root.
     pub fn try_lock(&self, uuid: &str) -> Result<Option<DomainLock>> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.locks)
-            .with_context(|| format!("cannot create {}", self.locks.display()))?;
-        let path = self.locks.join(format!("{uuid}.lock"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(DomainLock {
-                uuid: uuid.to_owned(),
-                _file: file,
-            })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        let mut files = Vec::new();
+        for (i, dir) in self.locks.iter().enumerate() {
+            if let Err(e) = fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+            {
+                if i == 0 {
+                    return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+                }
+                log::debug!("no host-wide domain lock in {}: {e}", dir.display());
+                continue;
+            }
+            match flock_file(&dir.join(format!("{uuid}.lock")))? {
+                Some(file) => files.push(file),
+                None => return Ok(None),
+            }
         }
+        Ok(Some(DomainLock {
+            uuid: uuid.to_owned(),
+            _files: files,
+        }))
     }
 
     fn sync_dir(&self) -> std::io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+}
+
+/// `path` opened (created 0600) and `flock`ed exclusively; `None` while another process
+/// holds it.
+fn flock_file(path: &std::path::Path) -> Result<Option<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
     }
 }
 
@@ -191,7 +218,7 @@ pub type DamagedEntry = (String, String);
 #[derive(Debug)]
 pub struct DomainLock {
     pub uuid: String,
-    _file: File,
+    _files: Vec<File>,
 }
 
 #[cfg(test)]
@@ -204,7 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal {
             dir: dir.path().join("journal"),
-            locks: dir.path().join("locks"),
+            locks: vec![dir.path().join("locks")],
         };
         assert!(journal.entries().unwrap().0.is_empty());
         let entry = Entry {
@@ -237,11 +264,18 @@ mod tests {
     #[test]
     fn lock_is_exclusive_until_dropped() {
         let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host-locks");
         let journal = Journal {
             dir: dir.path().join("journal"),
-            locks: dir.path().join("locks"),
+            locks: vec![dir.path().join("locks"), host.clone()],
+        };
+        // Another state directory on the same host.
+        let elsewhere = Journal {
+            dir: dir.path().join("other/journal"),
+            locks: vec![dir.path().join("other/locks"), host],
         };
         let held = journal.lock("u", "vm").unwrap();
+        assert!(elsewhere.try_lock("u").unwrap().is_none());
         assert!(journal.try_lock("u").unwrap().is_none());
         let err = journal.lock("u", "vm").unwrap_err().to_string();
         assert!(err.contains("another ferry process"), "{err}");

@@ -30,6 +30,21 @@ pub struct Recovered {
     pub removed: Vec<PathBuf>,
 }
 
+impl std::fmt::Display for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let merged = match self.merged.as_slice() {
+            [] => "nothing".to_owned(),
+            disks => disks.join(", "),
+        };
+        write!(
+            f,
+            "domain {}: merged {merged} back; removed {} temporary file(s)",
+            self.domain,
+            self.removed.len()
+        )
+    }
+}
+
 /// Recovers every domain (or only `only`), returning what was done. `held` is a domain lock
 /// the caller already holds (a backup recovering its own domain first). Fails, after trying
 /// everything, if any domain could not be brought back.

@@ -20,6 +20,8 @@ pub struct DiskDef {
     /// The active layer has a backing image (an overlay, or a qcow2 with a backing file).
     pub backing: Option<PathBuf>,
     pub readonly: bool,
+    /// `<shareable/>`: other domains may have the image open for writing.
+    pub shareable: bool,
 }
 
 /// Parses every `<devices><disk>` of a domain XML.
@@ -53,6 +55,7 @@ pub fn disks(xml: &str) -> Result<Vec<DiskDef>> {
                 .map(str::to_owned),
             backing,
             readonly: child("readonly").is_some(),
+            shareable: child("shareable").is_some(),
         });
     }
     Ok(out)

@@ -134,35 +134,58 @@ pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
     if selected.is_empty() {
         bail!("the domain has no disk to back up");
     }
-    for disk in &selected {
-        let t = &disk.target;
-        if disk.device != "disk" {
-            bail!("{t} is a {} device, not a disk", disk.device);
-        }
-        if disk.source_type != "file" {
+    let refusals: Vec<String> = selected.iter().filter_map(unsupported).collect();
+    if let Some(first) = refusals.first() {
+        let supported: Vec<&str> = selected
+            .iter()
+            .filter(|d| unsupported(d).is_none())
+            .map(|d| d.target.as_str())
+            .collect();
+        if wanted.is_empty() && !supported.is_empty() {
             bail!(
-                "disk {t} is a {} disk; Ferry backs up file-backed disks (raw or qcow2)",
-                disk.source_type
+                "{}; to back up the other disks, name them: --disk {}",
+                refusals.join("; "),
+                supported.join(" --disk ")
             );
         }
-        let Some(source) = disk.source.as_deref() else {
-            bail!("disk {t} has no image (empty drive)");
-        };
-        match disk.format.as_deref() {
-            Some("raw") | Some("qcow2") => {}
-            other => bail!(
-                "disk {t} has format {}; Ferry backs up raw and qcow2 images",
-                other.unwrap_or("unknown")
-            ),
-        }
+        bail!("{first}");
+    }
+    for disk in &selected {
+        let source = disk.source.as_deref().expect("supported disks have images");
         if disk.backing.is_some() && source.to_string_lossy().contains(OVERLAY_MARK) {
             bail!(
-                "disk {t} is still on a Ferry overlay ({}); run `ferry recover`",
+                "disk {} is still on a Ferry overlay ({}); run `ferry recover`",
+                disk.target,
                 source.display()
             );
         }
     }
     Ok(selected)
+}
+
+/// Why Ferry cannot back up `disk`, if it cannot: not a disk device, not file-backed, an
+/// empty drive, or a format other than raw and qcow2.
+fn unsupported(disk: &DiskDef) -> Option<String> {
+    let t = &disk.target;
+    if disk.device != "disk" {
+        return Some(format!("{t} is a {} device, not a disk", disk.device));
+    }
+    if disk.source_type != "file" {
+        return Some(format!(
+            "disk {t} is a {} disk; Ferry backs up file-backed disks (raw or qcow2)",
+            disk.source_type
+        ));
+    }
+    if disk.source.is_none() {
+        return Some(format!("disk {t} has no image (empty drive)"));
+    }
+    match disk.format.as_deref() {
+        Some("raw") | Some("qcow2") => None,
+        other => Some(format!(
+            "disk {t} has format {}; Ferry backs up raw and qcow2 images",
+            other.unwrap_or("unknown")
+        )),
+    }
 }
 
 /// Why a backup copies image files rather than what the guest sees.
@@ -174,13 +197,14 @@ pub enum FileCopy {
     Offline,
 }
 
-/// Refuses disks whose image is not the whole disk, for backups that copy image files: a
-/// backing chain (shown in the domain XML, or named in the image header, since a shut-off
-/// domain's XML may not show it) or a qcow2 external data file. Push mode copies what the
-/// guest sees, so the error says to use it.
+/// Refuses disks whose image file is not the whole, frozen disk, for backups that copy image
+/// files: a backing chain (shown in the domain XML, or named in the image header, since a
+/// shut-off domain's XML may not show it), a qcow2 external data file, or a shareable disk
+/// (another domain may write it). Push mode copies what the guest sees, so the error says to
+/// use it.
 pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
     let advice = match copy {
-        FileCopy::Overlay => "use --mode push, which copies what the guest sees, chain included",
+        FileCopy::Overlay => "use --mode push, which copies what the guest sees",
         FileCopy::Offline => {
             "the domain is shut off, so its image files are copied; start it and use --mode push, \
              or flatten the image (qemu-img convert)"
@@ -189,14 +213,22 @@ pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
     for disk in disks {
         let t = &disk.target;
         let source = disk.source.as_deref().expect("selected disks have images");
-        let header = qcow2::dependencies(source)
-            .with_context(|| format!("cannot read the image of disk {t}: {}", source.display()))?;
-        let backing = disk
-            .backing
-            .as_ref()
-            .map(|b| b.display().to_string())
-            .or(header.backing);
-        if let Some(backing) = backing {
+        if disk.shareable {
+            bail!(
+                "disk {t} ({}) is shareable: another domain may be writing its image, so the \
+                 image file cannot be copied as one point in time: {advice}",
+                source.display()
+            );
+        }
+        // The chain in the XML first: it needs no access to the image.
+        let from_xml = disk.backing.as_ref().map(|b| b.display().to_string());
+        let header = match from_xml {
+            Some(_) => qcow2::Dependencies::default(),
+            None => qcow2::dependencies(source).with_context(|| {
+                format!("cannot read the image of disk {t}: {}", source.display())
+            })?,
+        };
+        if let Some(backing) = from_xml.or(header.backing) {
             bail!(
                 "disk {t} ({}) has a backing image ({backing}), so its image file alone is not the \
                  whole disk: {advice}",
@@ -305,6 +337,40 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("vmdk")
+        );
+        // A shareable disk may be written by another domain: its file is no point in time.
+        let shared = xml(
+            "<disk type='file' device='disk'><driver type='raw'/><source file='/i/s.raw'/><target dev='vda'/><shareable/></disk>",
+        );
+        let disks = select_disks(&shared, &[]).unwrap();
+        for copy in [FileCopy::Overlay, FileCopy::Offline] {
+            let err = require_single_images(&disks, copy).unwrap_err().to_string();
+            assert!(
+                err.contains("shareable") && err.contains("--mode push"),
+                "{err}"
+            );
+        }
+        // One unsupported disk among supported ones: the error names what --disk can take.
+        let mixed = xml(&format!(
+            "{RAW}<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/loop9'/><target dev='vdc'/></disk>{QCOW}"
+        ));
+        let err = select_disks(&mixed, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("vdc is a block disk") && err.contains("--disk vda --disk vdb"),
+            "{err}"
+        );
+        assert_eq!(
+            select_disks(&mixed, &["vda".into(), "vdb".into()])
+                .unwrap()
+                .len(),
+            2
+        );
+        let err = select_disks(&mixed, &["vdc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vdc is a block disk") && !err.contains("--disk"),
+            "{err}"
         );
     }
 

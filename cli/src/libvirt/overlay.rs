@@ -194,6 +194,7 @@ mod tests {
             format: Some("raw".into()),
             backing: None,
             readonly: false,
+            shareable: false,
         };
         let all = [
             disk("vda", "disk"),
@@ -209,7 +210,7 @@ mod tests {
             snapshot_xml(&all, &frozen),
             "<domainsnapshot><disks><disk name='vda' snapshot='external'><driver type='qcow2'/>\
              <source file='/i/vda.ferry-overlay-1-a.qcow2'/></disk><disk name='vdb' snapshot='no'/>\
-             </disks></domainsnapshot>"
+             <disk name='sda' snapshot='no'/></disks></domainsnapshot>"
         );
     }
 }

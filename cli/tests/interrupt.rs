@@ -113,3 +113,35 @@ fn interrupted_bench_removes_its_sample_and_repository() {
     };
     interrupt_bench(tmp.path(), "HUP", 129, scratch_repo);
 }
+
+/// A restore killed by SIGKILL cannot remove its temporary file; the next restore to the same
+/// target removes it (its process no longer runs) and leaves alone the file of a restore that
+/// still runs, and any name it cannot attribute.
+#[test]
+fn the_next_restore_removes_what_a_killed_restore_left() {
+    let fx = Fixture::new();
+    let image = fx.path("disk.img");
+    common::write_image(
+        &image,
+        4 * common::CHUNK,
+        &[(0, &common::random_bytes(3, 9000))],
+    );
+    let sid = text(&fx.backup(&image, &[]), "snapshot").to_owned();
+    let out = fx.dir("out");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let left_by_killed = format!(".disk.img.ferry-restore-{dead}-0badc0de");
+    let running = format!(".disk.img.ferry-restore-{}-0badc0de", std::process::id());
+    let unattributed = ".disk.img.ferry-restore-0badc0de".to_owned();
+    for name in [&left_by_killed, &running, &unattributed] {
+        std::fs::write(out.join(name), b"partial image").unwrap();
+    }
+
+    let target = out.join("disk.img");
+    fx.restore_ok(&sid, &target);
+    assert_same_file(&image, &target);
+    let mut expected = vec![running, unattributed, "disk.img".to_owned()];
+    expected.sort();
+    assert_eq!(dir_names(&out), expected);
+}

@@ -92,6 +92,11 @@ pub fn pid_scope() -> Option<String> {
     Some(format!("{}/{}", boot.trim(), namespace.to_str()?))
 }
 
+/// Whether process `pid` of this pid namespace still runs (exists and is not a zombie).
+pub(crate) fn process_runs(pid: u32) -> bool {
+    process_status(pid).is_some_and(|(running, _)| running)
+}
+
 /// What `/proc/<pid>/stat` says of a process of this pid namespace: `None` when there is no
 /// such process, else whether it still runs (not a zombie) and its start time.
 fn process_status(pid: u32) -> Option<(bool, Option<u64>)> {
@@ -100,7 +105,9 @@ fn process_status(pid: u32) -> Option<(bool, Option<u64>)> {
     // start time 20th (field 22 of the whole line).
     let rest = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
     let mut fields = rest.split_whitespace();
-    let running = fields.next().is_some_and(|state| state != "Z" && state != "X");
+    let running = fields
+        .next()
+        .is_some_and(|state| state != "Z" && state != "X");
     let start = fields.nth(18).and_then(|f| f.parse().ok());
     Some((running, start))
 }

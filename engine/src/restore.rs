@@ -310,6 +310,44 @@ fn open_direct(path: &Path) -> Option<File> {
         .ok()
 }
 
+/// The start of the temporary file names of restores to `file_name`:
+/// `.NAME.ferry-restore-<pid>-<random>`, the pid telling whether the restore still runs.
+fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}.ferry-restore-")
+}
+
+/// Removes the temporary files that restores to `file_name` in `dir` left behind when they
+/// were killed (SIGKILL, a crash): those whose process no longer runs on this host. Those of
+/// running restores, and names without a pid, are left alone.
+fn remove_stale_temps(dir: &Path, file_name: &str) {
+    let prefix = temp_prefix(file_name);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if let Some(pid) = pid
+            && is_file
+            && !crate::lock::process_runs(pid)
+        {
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::info!(
+                    "removed {}, left by an interrupted restore (pid {pid})",
+                    path.display()
+                ),
+                Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
 /// What a restore target path names. Symbolic links are followed only to block devices
 /// (`/dev/disk/by-id/…`, `/dev/VG/LV`); any other link is refused rather than replaced or
 /// written through, and so are directories, character devices, FIFOs and sockets (replacing
@@ -405,8 +443,11 @@ impl Output {
             .file_name()
             .ok_or_else(|| refuse("has no file name"))?
             .to_string_lossy();
+        remove_stale_temps(&dir, &file_name);
         let temp = dir.join(format!(
-            ".{file_name}.ferry-restore-{:08x}",
+            "{}{}-{:08x}",
+            temp_prefix(&file_name),
+            std::process::id(),
             rand::random::<u32>()
         ));
         let file = OpenOptions::new()

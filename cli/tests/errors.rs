@@ -411,3 +411,36 @@ fn usage_errors_exit_2() {
         assert!(help.stdout.contains(sub), "{help}");
     }
 }
+
+/// Snapshot names end up in `list` tables and terminals: empty, over-long and control
+/// characters (a newline would forge a row, an escape would drive the terminal) are refused.
+#[test]
+fn snapshot_names_with_control_characters_are_refused() {
+    let fx = Fixture::new();
+    let image = small_image(&fx);
+    let long = "n".repeat(256);
+    for name in [
+        "",
+        "two\nlines",
+        "esc\u{1b}[31m",
+        "tab\there",
+        long.as_str(),
+    ] {
+        let run = fx.run(
+            "backup",
+            &[
+                OsStr::new("--image"),
+                image.as_os_str(),
+                OsStr::new("--name"),
+                OsStr::new(name),
+            ],
+        );
+        run.error_line(&["snapshot name"]);
+    }
+    assert!(fx.snapshot_ids().is_empty());
+    assert!(
+        fx.chunk_ids().is_empty(),
+        "chunks stored before the name was checked"
+    );
+    fx.backup(&image, &["--name", "Ωmega ☃ web-01"]);
+}

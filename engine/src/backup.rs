@@ -320,10 +320,15 @@ fn check_options(disks: &[DiskSource], options: &BackupOptions) -> Result<(), En
             options.zstd_level
         )));
     }
-    if options.name.is_empty() || options.name.len() > 255 || options.name.contains('\0') {
-        return Err(EngineError::InvalidOption(
-            "snapshot name must be 1 to 255 bytes without NUL".into(),
-        ));
+    if options.name.is_empty()
+        || options.name.len() > 255
+        || options.name.chars().any(char::is_control)
+    {
+        return Err(EngineError::InvalidOption(format!(
+            "snapshot name {:?} must be 1 to 255 bytes without control characters (newlines, \
+             tabs, escapes)",
+            options.name
+        )));
     }
     if disks.is_empty() {
         return Err(EngineError::InvalidOption("nothing to back up".into()));

@@ -96,6 +96,16 @@ fn bench_into_a_local_repository_leaves_it_as_it_was() {
 }
 
 #[test]
+fn bench_into_a_missing_local_directory_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-repo");
+    let missing_arg = missing.to_str().unwrap();
+    bench(tmp.path(), &["--size", "16M", "--repo", missing_arg])
+        .error_line(&[missing_arg, "not a directory"]);
+    assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+}
+
+#[test]
 fn bench_into_an_nfs_repository_removes_its_objects_and_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let scratch = Scratch::new("bench");

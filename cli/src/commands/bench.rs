@@ -54,6 +54,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             }
             repo @ RepoUrl::S3 { .. } => (Arc::new(Prefixed::new(repo.open()?, &prefix)?), None),
             RepoUrl::Local(path) => {
+                ensure!(
+                    path.is_dir(),
+                    "{} is not a directory: bench writes its objects under a throwaway prefix \
+                     of an existing repository, and creates none",
+                    path.display()
+                );
                 let dir = path.join(format!(".{prefix}"));
                 (Arc::new(LocalSink::create(&dir)?), Some(dir))
             }

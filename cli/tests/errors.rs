@@ -4,6 +4,7 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::fs::File;
 
 use common::*;
 
@@ -443,4 +444,73 @@ fn snapshot_names_with_control_characters_are_refused() {
         "chunks stored before the name was checked"
     );
     fx.backup(&image, &["--name", "Ωmega ☃ web-01"]);
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs (needs root)");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// On a full filesystem gc cannot write its lock: it says so and what to do, deletes nothing,
+/// and works once a little space is free.
+#[test]
+fn gc_on_a_full_filesystem_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(tmp.path().join("fs"), "1m");
+    let repo = fs.0.join("repo");
+    let repo_arg = repo.to_str().unwrap();
+    ferry(&["init", "--repo", repo_arg, "--chunk-size", "64K"]).success();
+    let image = tmp.path().join("disk.img");
+    write_image(
+        &image,
+        2 * CHUNK,
+        &[(0, &random_bytes(8, 2 * CHUNK as usize))],
+    );
+    let image_arg = image.to_str().unwrap();
+    ferry(&["backup", "--repo", repo_arg, "--image", image_arg]).success();
+    ferry(&["forget", "--repo", repo_arg, "latest"]).success();
+    // Fill the filesystem (outside the repository) to the last byte.
+    let filler = fs.0.join("filler");
+    let mut file = File::create(&filler).unwrap();
+    let block = vec![0x5au8; 4096];
+    while std::io::Write::write(&mut file, &block).is_ok_and(|n| n > 0) {}
+    drop(file);
+    let chunks = chunk_ids_in(&repo);
+    assert_eq!(chunks.len(), 2);
+
+    ferry(&["gc", "--repo", repo_arg]).error_line(&["filesystem is full", "free a few KiB"]);
+    assert_eq!(
+        chunk_ids_in(&repo),
+        chunks,
+        "gc deleted chunks without its lock"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let report = ferry(&["gc", "--repo", repo_arg, "--json"])
+        .success()
+        .json();
+    assert_eq!(num(&report, "chunks_deleted"), 2, "{report:#}");
 }

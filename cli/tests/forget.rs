@@ -142,6 +142,11 @@ fn gc_is_refused_while_another_host_backs_up() {
     fx.run("gc", &[] as &[&str])
         .error_line(&["locked by backup", "hv-2", "4242"]);
     assert_eq!(fx.chunk_ids(), chunks, "a refused gc deleted chunks");
+    // A dry run takes no lock: it reports, and leaves the backup's lock and the chunks alone.
+    let dry = fx.run("gc", &["--dry-run", "--json"]).success().json();
+    assert_eq!(num(&dry, "chunks_deleted"), 1, "{dry:#}");
+    assert!(lock.is_file(), "a dry run removed a lock");
+    assert_eq!(fx.chunk_ids(), chunks, "a dry run deleted chunks");
     std::fs::remove_file(&lock).unwrap();
     let report = fx.run("gc", &["--json"]).success().json();
     assert_eq!(num(&report, "chunks_deleted"), 1);

@@ -44,14 +44,20 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Quarantine entries cleared: their chunk is stored again, or no snapshot needs it.
     pub quarantine_cleared: u64,
-    /// Temp objects of interrupted puts removed, and their bytes.
+    /// Temp objects of interrupted puts removed (with `dry_run`: that would be), and their
+    /// bytes.
     pub leftovers_removed: u64,
     pub leftover_bytes: u64,
 }
 
-/// Deletes every unreferenced chunk of `repo` (with `dry_run`, only counts them).
+/// Deletes every unreferenced chunk of `repo`. With `dry_run` it only counts what it would do
+/// now, takes no lock and writes nothing (so it works on a read-only repository, and while a
+/// backup runs, whose new chunks and temp files it then counts too).
 pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
-    let lock = RepoLock::acquire(repo, LockKind::Exclusive, "gc")?;
+    let lock = match dry_run {
+        true => None,
+        false => Some(RepoLock::acquire(repo, LockKind::Exclusive, "gc")?),
+    };
     let leftovers = repo.sink().leftovers("")?;
     let (snapshots, damaged) = repo.load_all_snapshots()?;
     if let Some(err) = damaged.into_iter().next() {
@@ -102,9 +108,9 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     report.quarantine_cleared = cleared.len() as u64;
     report.leftovers_removed = leftovers.len() as u64;
     report.leftover_bytes = leftovers.iter().map(Leftover::size).sum();
-    if dry_run {
+    let Some(lock) = lock else {
         return Ok(report);
-    }
+    };
     lock.check()?;
     for leftover in &leftovers {
         repo.sink().remove_leftover(leftover)?;

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ferry_engine::EngineError;
 use ferry_engine::gc::gc;
+use ferry_sinks::SinkError;
 
 use crate::args::GcArgs;
 use crate::commands::{open_repo, print_json};
@@ -11,7 +13,19 @@ use crate::size::human;
 
 pub fn run(args: GcArgs) -> Result<ExitCode> {
     let repo = open_repo(&args.repo)?;
-    let report = gc(&repo, args.dry_run)?;
+    let report = gc(&repo, args.dry_run).map_err(|e| {
+        let full = matches!(&e, EngineError::Sink(SinkError::NoSpace { .. }));
+        let e = anyhow::Error::new(e);
+        match full {
+            // Before it deletes anything gc writes its lock, a few hundred bytes.
+            true => e.context(
+                "the repository's filesystem is full: gc must write its small lock file before \
+                 it can free space; free a few KiB on that filesystem (outside the repository) \
+                 and run gc again",
+            ),
+            false => e,
+        }
+    })?;
     if args.json {
         print_json(&report)?;
     } else {

@@ -50,6 +50,12 @@ fn keep_last_applies_per_name_and_domain_filter_narrows_it() {
         .success()
         .json();
     assert_eq!(num(&report, "removed"), 2);
+    assert_eq!(num(&report, "kept"), 1, "of img1's three");
+    assert_eq!(
+        num(&report, "remaining"),
+        4,
+        "img1's newest and img2's three"
+    );
     let mut expected = vec![a[2].clone(), b[0].clone(), b[1].clone(), b[2].clone()];
     expected.sort();
     assert_eq!(snapshot_ids(&fx), expected);

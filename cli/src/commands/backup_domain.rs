@@ -63,6 +63,12 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
     };
 
     if !running {
+        if args.mode == ModeChoice::Push {
+            log::warn!(
+                "domain {name} is shut off: --mode push needs a running domain (QEMU makes the \
+                 copy); backing up its image files offline instead"
+            );
+        }
         log::info!("domain {name} is shut off: backing up its images offline");
         let pending = copy(repo, &base_sources, &options, &bar)
             .with_context(|| format!("offline backup of domain {name} failed"))?;

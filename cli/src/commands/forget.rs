@@ -25,7 +25,10 @@ struct Row {
 struct Report {
     dry_run: bool,
     removed: usize,
+    /// Of the snapshots considered (named, or under the policy), those kept.
     kept: usize,
+    /// Snapshots the repository holds afterwards (with `dry_run`: would hold).
+    remaining: usize,
     snapshots: Vec<Row>,
 }
 
@@ -50,6 +53,7 @@ pub fn run(args: ForgetArgs) -> Result<ExitCode> {
     } else {
         by_policy(&repo, &policy, args.domain.as_deref())?
     };
+    let before = repo.snapshot_ids()?.len();
     if !args.dry_run {
         for row in rows.iter().filter(|r| !r.keep) {
             repo.remove_snapshot(&row.snapshot)?;
@@ -60,6 +64,7 @@ pub fn run(args: ForgetArgs) -> Result<ExitCode> {
         dry_run: args.dry_run,
         removed,
         kept: rows.len() - removed,
+        remaining: before - removed,
         snapshots: rows,
     };
     if args.json {
@@ -149,8 +154,8 @@ fn print_human(report: &Report) {
         "removed"
     };
     println!(
-        "{verb} {} snapshot(s), kept {}. Chunks stay until `ferry gc` deletes those no snapshot \
-         uses.",
-        report.removed, report.kept
+        "{verb} {} snapshot(s); {} remain in the repository. Chunks stay until `ferry gc` \
+         deletes those no snapshot uses.",
+        report.removed, report.remaining
     );
 }

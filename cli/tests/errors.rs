@@ -514,3 +514,20 @@ fn gc_on_a_full_filesystem_says_what_to_do() {
         .json();
     assert_eq!(num(&report, "chunks_deleted"), 2, "{report:#}");
 }
+
+/// A snapshot names at most 16 Mi chunks: a disk that would need more at the chosen chunk size
+/// is refused up front with the way out (a larger chunk size), and stores nothing.
+#[test]
+fn a_disk_too_large_for_its_chunk_size_is_refused() {
+    let fx = Fixture::new();
+    let image = fx.path("huge.img");
+    // Sparse: 1 TiB + 64 KiB, 2^24 + 1 chunks of 64 KiB.
+    File::create(&image)
+        .unwrap()
+        .set_len((1 << 40) + CHUNK)
+        .unwrap();
+    let run = fx.run("backup", &[OsStr::new("--image"), image.as_os_str()]);
+    run.error_line(&["16777217 chunks", "--chunk-size"]);
+    assert!(fx.snapshot_ids().is_empty());
+    assert!(fx.chunk_ids().is_empty());
+}

@@ -246,9 +246,21 @@ pub fn copy(
     let mut disk_metas = Vec::new();
     let mut indexes = Vec::new();
     let mut disk_reports = Vec::new();
+    let mut entries = 0u64;
     for disk in disks {
         options.check_cancel()?;
         let source = ImageSource::open(&disk.path, options.reader_mode == ReaderMode::Auto)?;
+        entries += source.size.div_ceil(u64::from(options.chunk_size));
+        if entries > crate::manifest::MAX_INDEX_ENTRIES {
+            return Err(EngineError::InvalidOption(format!(
+                "{} chunks of {} bytes would exceed the {} a snapshot may name (disk {}); \
+                 use a larger --chunk-size",
+                entries,
+                options.chunk_size,
+                crate::manifest::MAX_INDEX_ENTRIES,
+                disk.name
+            )));
+        }
         progress.start_disk(&disk.name, source.size);
         let run = DiskRun {
             repo,

@@ -18,15 +18,16 @@
 //! |---|---|---|
 //! | `config` | JSON [`config::RepoConfig`]: format name, version 1, default chunk size, hash `blake3`, compression `zstd` | once, by `init`, put-if-absent |
 //! | `chunks/<hh>/<id>` | one chunk object ([`chunk_codec`]): magic `FRYC`, version, codec, raw length, payload | by backups, put-if-absent, never modified |
-//! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version, JSON metadata, per-disk index of chunk ids, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
+//! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version 2 (1 still read), JSON metadata, per-disk index of chunk ids as runs of ids and of all-zero chunks, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
 //! | `quarantine/<id>` | the bytes of a chunk object `verify --quarantine` found corrupt (empty: found missing), kept for inspection | by verify, before it removes `chunks/…/<id>`; cleared by gc once the chunk is stored again; never read by restore |
 //! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
 //!
 //! `<id>` is the 64-hex BLAKE3 of the chunk's raw bytes and `<hh>` its first two digits.
 //! `<sid>` is the first 16 hex digits of the BLAKE3 of the manifest bytes. All-zero chunks are
-//! never stored: the index holds 32 zero bytes for them. Every format carries a magic and a
-//! version, and readers refuse versions they do not know by name; golden v1 vectors live in the
-//! unit tests and must keep decoding.
+//! never stored: the index marks them (a zero run in version 2, 32 zero bytes in version 1), so
+//! a sparse disk's manifest grows with its data, not its virtual size. Every format carries a
+//! magic and a version, and readers refuse versions they do not know by name; golden vectors of
+//! every version (manifests v1 and v2) live in the unit tests and must keep decoding.
 //!
 //! # Invariants
 //! 1. **A chunk object's content hashes to its name.** Writers only ever store

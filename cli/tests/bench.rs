@@ -96,6 +96,13 @@ fn bench_into_a_local_repository_leaves_it_as_it_was() {
 }
 
 #[test]
+fn bench_of_a_too_small_sample_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    bench(tmp.path(), &["--size", "1M"]).error_line(&["--size", "at least 4M"]);
+    assert!(names(tmp.path()).is_empty(), "{:?}", names(tmp.path()));
+}
+
+#[test]
 fn bench_into_a_missing_local_directory_creates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("no-such-repo");

@@ -141,7 +141,15 @@ fn verify_snapshot_accepts_full_ids_unique_prefixes_and_latest() {
     let b = text(&fx.backup(&b_img, &[]), "snapshot").to_owned();
     let n = unique_prefix_len(&a, &b);
 
-    for (arg, chunks) in [(&a[..], 4), (&a[..n], 4), (&b[..], 2), (&b[..n], 2)] {
+    // Ids are lowercase hex; a prefix typed in capitals finds them too.
+    let b_upper = b[..n].to_ascii_uppercase();
+    for (arg, chunks) in [
+        (&a[..], 4),
+        (&a[..n], 4),
+        (&b[..], 2),
+        (&b[..n], 2),
+        (&b_upper[..], 2),
+    ] {
         let report = fx.verify(&[arg]).success().json();
         assert_eq!(num(&report, "snapshots_checked"), 1, "{arg}: {report:#}");
         assert_eq!(

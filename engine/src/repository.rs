@@ -204,7 +204,7 @@ impl Repository {
         let matches: Vec<String> = self
             .snapshot_ids()?
             .into_iter()
-            .filter(|id| id.starts_with(arg))
+            .filter(|id| id.starts_with(&arg.to_ascii_lowercase()))
             .collect();
         match matches.as_slice() {
             [one] => Ok(one.clone()),

@@ -21,6 +21,8 @@ use crate::repo_url::RepoUrl;
 
 /// Bytes of data chunks kept in memory for the hash, compress and write stages.
 const SAMPLE_LIMIT: usize = 512 << 20;
+/// Smallest generated sample: from here up a sample holds holes, zeros, text and random data.
+const MIN_SAMPLE: u64 = 4 << 20;
 
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     // Before anything is created: an interrupted benchmark removes what it made.
@@ -29,6 +31,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let image = match &args.image {
         Some(image) => image.clone(),
         None => {
+            ensure!(
+                args.size >= MIN_SAMPLE,
+                "--size {} is too small: a generated sample needs at least 4M to hold every kind \
+                 of data the stages measure",
+                args.size
+            );
             let path = scratch.0.join("sample.img");
             generate(&path, args.size, 1)?;
             ensure!(

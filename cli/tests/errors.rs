@@ -531,3 +531,29 @@ fn a_disk_too_large_for_its_chunk_size_is_refused() {
     assert!(fx.snapshot_ids().is_empty());
     assert!(fx.chunk_ids().is_empty());
 }
+
+/// `init` on a path through a regular file names that file; `gen-image` refuses an existing
+/// file without touching it, and removes its partial output when the filesystem fills up.
+#[test]
+fn init_and_gen_image_name_what_is_in_the_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("afile");
+    std::fs::write(&file, b"keep").unwrap();
+    let file_arg = file.to_str().unwrap();
+    for repo in [file.clone(), file.join("sub")] {
+        ferry(&["init", "--repo", repo.to_str().unwrap()])
+            .error_line(&[file_arg, "exists and is not a directory"]);
+    }
+    ferry(&["gen-image", "--size", "4M", "--out", file_arg]).error_line(&[
+        "cannot create sample image",
+        file_arg,
+        "File exists",
+    ]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+
+    let fs = Tmpfs::mount(tmp.path().join("fs"), "1m");
+    let out = fs.0.join("sample.img");
+    ferry(&["gen-image", "--size", "8M", "--out", out.to_str().unwrap()])
+        .error_line(&["writing sample image", "No space"]);
+    assert!(!out.exists(), "a partial sample image was left");
+}

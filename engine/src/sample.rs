@@ -114,14 +114,29 @@ fn prev_power_of_two(n: u64) -> u64 {
 }
 
 /// Creates `path` (mode 0600, must not exist) as a sample image of `size` bytes from `seed`.
+/// On failure (no space, a size the filesystem refuses) the partial file is removed.
 pub fn generate(path: &Path, size: u64, seed: u64) -> Result<SampleSummary, EngineError> {
-    let io = |e| EngineError::io(format!("writing sample image {}", path.display()), e);
     let file: File = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io)?;
+        .map_err(|e| {
+            EngineError::io(format!("cannot create sample image {}", path.display()), e)
+        })?;
+    write_sample(&file, path, size, seed).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Writes the sample into `file` (created empty at `path`).
+fn write_sample(
+    file: &File,
+    path: &Path,
+    size: u64,
+    seed: u64,
+) -> Result<SampleSummary, EngineError> {
+    let io = |e| EngineError::io(format!("writing sample image {}", path.display()), e);
     file.set_len(size).map_err(io)?;
     let mut rng = SplitMix64(seed);
     let mut summary = SampleSummary {

@@ -85,7 +85,17 @@ impl LocalSink {
             .recursive(true)
             .mode(DIR_MODE)
             .create(&root)
-            .map_err(|err| location_error(&root, err.to_string()))?;
+            .map_err(|err| {
+                // Name the path in the way that is not a directory, rather than EEXIST/ENOTDIR.
+                let blocker = root.ancestors().find(|p| p.exists() && !p.is_dir());
+                match blocker {
+                    Some(file) => location_error(
+                        &root,
+                        format!("{} exists and is not a directory", file.display()),
+                    ),
+                    None => location_error(&root, err.to_string()),
+                }
+            })?;
         // A created directory's entry lives in its parent: fsync those parents, deepest first,
         // up to and including the first directory that already existed.
         if let Some(existing) = existing.filter(|dir| *dir != root) {

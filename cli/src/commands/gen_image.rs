@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ferry_engine::sample::generate;
 
 use crate::args::GenImageArgs;
@@ -10,8 +10,7 @@ use crate::commands::print_json;
 use crate::size::human;
 
 pub fn run(args: GenImageArgs) -> Result<ExitCode> {
-    let summary = generate(&args.out, args.size, args.seed)
-        .with_context(|| format!("cannot create sample image {}", args.out.display()))?;
+    let summary = generate(&args.out, args.size, args.seed)?;
     if args.json {
         print_json(&summary)?;
     } else {

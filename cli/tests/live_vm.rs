@@ -386,8 +386,23 @@ fn two_disks_one_snapshot() {
 
     // Restore without --disk: one file per disk in a new directory.
     let out = live.fx.path("restored");
-    live.fx.restore(&sid, &out, &[]).success();
-    assert_eq!(dir_names(&out), ["vda", "vdb"]);
+    let restored = live.fx.restore(&sid, &out, &[]).success().json();
+    assert_eq!(dir_names(&out), ["domain.xml", "vda", "vdb"]);
+    let formats: Vec<&str> = restored["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| text(d, "format"))
+        .collect();
+    assert_eq!(formats, ["raw", "qcow2"], "{restored:#}");
+    // The domain XML at backup time, beside the disks, naming the domain.
+    let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
+    assert!(xml.contains(&format!("<name>{}</name>", vm.name)), "{xml}");
+    assert_eq!(mode(&out.join("domain.xml")) & 0o777, 0o600);
+    assert_eq!(
+        restored["domain_xml"],
+        out.join("domain.xml").display().to_string()
+    );
     assert_eq!(qemu_img_format(&out.join("vda")), "raw");
     assert_eq!(qemu_img_format(&out.join("vdb")), "qcow2");
     let got = [

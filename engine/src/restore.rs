@@ -67,6 +67,9 @@ pub struct RestoreReport {
     pub chunks_total: u64,
     pub chunks_zero: u64,
     pub image_digest: String,
+    /// What the restored bytes are: `qcow2` (a qcow2 file, as overlay mode and offline backups
+    /// store a qcow2 disk) or `raw`.
+    pub format: &'static str,
     pub seconds: f64,
 }
 
@@ -135,6 +138,7 @@ pub fn restore_disk(
     };
     output.commit()?;
     progress.finish_disk(&disk.name);
+    let format = image_format(target);
     Ok(RestoreReport {
         snapshot: snapshot.id.clone(),
         disk: disk.name.clone(),
@@ -144,6 +148,7 @@ pub fn restore_disk(
         chunks_total: index.len() as u64,
         chunks_zero: index.iter().filter(|id| id.is_zero_mark()).count() as u64,
         image_digest: digest,
+        format,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -308,6 +313,16 @@ fn open_direct(path: &Path) -> Option<File> {
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
+}
+
+/// `qcow2` when the image at `path` starts with the qcow2 magic, else `raw`.
+fn image_format(path: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let read = File::open(path).and_then(|f| f.read_exact_at(&mut magic, 0));
+    match read {
+        Ok(()) if &magic == b"QFI\xfb" => "qcow2",
+        _ => "raw",
+    }
 }
 
 /// The start of the temporary file names of restores to `file_name`:

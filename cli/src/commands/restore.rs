@@ -26,6 +26,9 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     // Without --disk, a domain snapshot (or any of several disks) restores into a directory.
     let meta = &snapshot.manifest.meta;
     let into_dir = args.disk.is_none() && (meta.domain_xml.is_some() || meta.disks.len() > 1);
+    if into_dir && meta.domain_xml.is_some() {
+        check_domain_xml_target(&args.to, args.force)?;
+    }
     let reports = if into_dir {
         restore_all(&repo, &snapshot, &args.to, &options, &bar)?
     } else {
@@ -36,26 +39,85 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
             )?,
         ]
     };
+    let domain_xml = match (&meta.domain_xml, into_dir) {
+        (Some(xml), true) => Some(write_domain_xml(&args.to, xml, args.force)?),
+        _ => None,
+    };
     if args.json {
         match reports.as_slice() {
             [one] if !into_dir => print_json(one)?,
-            _ => print_json(&serde_json::json!({ "snapshot": id, "disks": reports }))?,
+            _ => print_json(&serde_json::json!({
+                "snapshot": id,
+                "disks": reports,
+                "domain_xml": domain_xml,
+            }))?,
         }
     } else {
         for report in &reports {
             println!(
-                "restored snapshot {} disk {} to {}: {} ({} data) in {:.1} s, every chunk verified; image digest {}",
+                "restored snapshot {} disk {} to {}: {} {} image ({} data) in {:.1} s, every chunk verified; image digest {}",
                 report.snapshot,
                 report.disk,
                 report.target,
                 human(report.virtual_size),
+                report.format,
                 human(report.bytes_written),
                 report.seconds,
                 report.image_digest
             );
         }
+        if let Some(path) = &domain_xml {
+            println!(
+                "the domain's XML at backup time is in {}: its disk paths still name the \
+                 original images",
+                path.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses, before any disk is restored, a `dir/domain.xml` that exists unless `force` (and
+/// then only a regular file: never a link or device).
+fn check_domain_xml_target(dir: &Path, force: bool) -> Result<()> {
+    let path = dir.join("domain.xml");
+    match std::fs::symlink_metadata(&path) {
+        Err(_) => Ok(()),
+        Ok(meta) if force && meta.is_file() => Ok(()),
+        Ok(meta) if meta.is_file() => {
+            anyhow::bail!(
+                "{} already exists (pass --force to replace it)",
+                path.display()
+            )
+        }
+        Ok(_) => anyhow::bail!("{} exists and is not a regular file", path.display()),
+    }
+}
+
+/// Writes a domain snapshot's XML as `dir/domain.xml` (0600; replacing a regular file only
+/// with `force`, never following a link), after its disks were restored there.
+fn write_domain_xml(dir: &Path, xml: &str, force: bool) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("domain.xml");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(!force)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "cannot write {} (pass --force to replace it)",
+                path.display()
+            )
+        })?;
+    file.write_all(xml.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// Restores every disk into `dir/<disk name>` (disk names are validated file names).

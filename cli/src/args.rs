@@ -114,7 +114,7 @@ pub struct BackupArgs {
     /// Live backup method for a running domain.
     #[arg(long, value_enum, default_value = "overlay", conflicts_with = "image")]
     pub mode: ModeChoice,
-    /// Disk targets to back up (repeatable; default: every file-backed disk).
+    /// Disk targets to back up (repeatable; default: every disk on a file or block device).
     #[arg(long = "disk", value_name = "TARGET", conflicts_with = "image")]
     pub disks: Vec<String>,
     /// Quiesce guest filesystems through the QEMU guest agent.

@@ -5,48 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use common::*;
 
 const MIB: u64 = 1 << 20;
-
-/// A loop device over a file, detached on drop.
-struct Loop {
-    device: PathBuf,
-}
-
-impl Loop {
-    /// Attaches `file` (which must exist) as a new loop device.
-    fn attach(file: &Path) -> Loop {
-        let output = Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(file)
-            .output()
-            .expect("run losetup");
-        assert!(
-            output.status.success(),
-            "losetup --find --show {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let device = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-        Loop {
-            device: PathBuf::from(device),
-        }
-    }
-
-    fn arg(&self) -> &str {
-        self.device.to_str().unwrap()
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
-    }
-}
 
 /// An 8 MiB disk: random, a written-zero chunk, text, and random up to the end.
 fn disk_bytes() -> Vec<u8> {
@@ -62,7 +23,7 @@ fn a_loop_device_backs_up_and_restores_onto_another() {
     let data = disk_bytes();
     let source_file = fx.path("source.img");
     write_image(&source_file, 8 * MIB, &[(0, &data)]);
-    let source = Loop::attach(&source_file);
+    let source = LoopDevice::attach(&source_file);
 
     let report = fx.backup(&source.device, &["--name", "loopdisk"]);
     assert_eq!(num(&report, "bytes_read"), 8 * MIB, "{report:#}");
@@ -80,7 +41,7 @@ fn a_loop_device_backs_up_and_restores_onto_another() {
         8 * MIB,
         &[(0, &vec![0xff; (8 * MIB) as usize])],
     );
-    let target = Loop::attach(&target_file);
+    let target = LoopDevice::attach(&target_file);
     fx.restore(&sid, &target.device, &[])
         .error_line(&[target.arg(), "block device", "--force"]);
     assert_eq!(
@@ -116,7 +77,7 @@ fn a_loop_device_backs_up_and_restores_onto_another() {
         4 * MIB,
         &[(0, &vec![0x11; (4 * MIB) as usize])],
     );
-    let small = Loop::attach(&small_file);
+    let small = LoopDevice::attach(&small_file);
     fx.restore(&sid, &small.device, &["--force"])
         .error_line(&[small.arg(), "holds 4194304 bytes"]);
     assert_eq!(

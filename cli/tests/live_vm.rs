@@ -960,6 +960,66 @@ fn removable_drives_are_left_alone() {
     }
 }
 
+/// A block disk (a loop device here, an LVM volume in production). Beside a device is /dev, so
+/// overlay mode needs --overlay-dir and push mode --scratch-dir: without them each is refused,
+/// naming the flag and changing nothing. With them both back up the point in time and the
+/// domain returns to its device. Shut off, the device is read offline.
+#[test]
+fn block_disk_in_overlay_and_push_mode() {
+    let spec = DiskSpec {
+        block: true,
+        ..standard_disk(Format::Raw, 1500)
+    };
+    let vm = TestVm::start("block_disk", &[spec]);
+    let live = Live::new();
+    let device = vm.disk(0).path.display().to_string();
+    let overlays = vm.subdir("overlays");
+    let scratch = vm.subdir("scratch");
+    for (args, flag) in [
+        (&[][..], "--overlay-dir"),
+        (&["--mode", "push"][..], "--scratch-dir"),
+    ] {
+        live.backup(&vm, args).error_line(&[&device, flag]);
+        live.assert_clean(&vm, &[]);
+        assert_no_job(&vm);
+    }
+    let restored = |report: &Value, name: &str| {
+        let file = live.fx.path(name);
+        live.restore_disk(&snapshot_of(report, &vm.bases()), "vda", &file);
+        image_bytes(&file, Format::Raw)
+    };
+
+    // Overlay mode: A before the backup is in it, B written while frozen is not.
+    write(&vm, 0, A);
+    let overlays_arg = overlays.display().to_string();
+    let hook = Hook::new(live.fx.tmp.path(), "b", &[write_cmd(&vm, 0, B)], &[]);
+    let report = live.backup_ok(
+        &vm,
+        &["--overlay-dir", &overlays_arg, "--hook", &hook.arg()],
+    );
+    live.assert_clean(&vm, &[&overlays]);
+    let mut expected = vm.disk(0).initial.clone();
+    apply(&mut expected, A);
+    assert_image_eq(&restored(&report, "overlay.raw"), &expected, "overlay mode");
+
+    // Push mode: B (merged back from the overlay) is in it, C written while frozen is not.
+    let hook = Hook::new(live.fx.tmp.path(), "c", &[write_cmd(&vm, 0, C)], &[]);
+    let report = push_backup(&live, &vm, &scratch, &hook);
+    apply(&mut expected, B);
+    assert_image_eq(&restored(&report, "push.raw"), &expected, "push mode");
+
+    // Offline: the device as it is.
+    vm.shutdown_hard();
+    apply(&mut expected, C);
+    assert_image_eq(
+        &vm.base_bytes(0),
+        &expected,
+        "the device after both backups",
+    );
+    let report = live.backup_ok(&vm, &[]);
+    assert_image_eq(&restored(&report, "offline.raw"), &expected, "offline");
+}
+
 #[test]
 fn shut_off_domain_backs_up_offline() {
     let vm = TestVm::define(
@@ -979,7 +1039,7 @@ fn shut_off_domain_backs_up_offline() {
     // Each disk is its image file, byte for byte.
     let out = live.fx.path("restored");
     live.fx.restore(&sid, &out, &[]).success();
-    assert_eq!(dir_names(&out), ["vda", "vdb"]);
+    assert_eq!(dir_names(&out), ["domain.xml", "vda", "vdb"]);
     assert_same_file(&vm.disk(0).path, &out.join("vda"));
     assert_same_file(&vm.disk(1).path, &out.join("vdb"));
     assert_image_eq(

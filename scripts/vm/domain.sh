@@ -12,7 +12,8 @@
 # SeaBIOS finds nothing to boot and idles, so the disks are never touched by a guest: only what a
 # test writes (e.g. through the monitor's `qemu-io`) changes them.
 #
-# Disks: each DISK is a path to a raw or qcow2 image, optionally followed by ",format=raw|qcow2"
+# Disks: each DISK is a path to a raw or qcow2 image or a block device (a `type='block'` disk),
+# optionally followed by ",format=raw|qcow2"
 # (default: what `qemu-img info` detects). They become virtio disks vda, vdb, ... in that order;
 # libvirt names them virtio-disk0, virtio-disk1, ... so the QEMU device of the Nth disk (from 0) is
 # /machine/peripheral/virtio-diskN/virtio-backend. Disks use cache='none' io='native' (O_DIRECT)
@@ -129,9 +130,15 @@ xml="$DIR/$NAME.xml"
     printf '  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n'
     printf '  <devices>\n'
     for i in "${!paths[@]}"; do
-        printf "    <disk type='file' device='disk'>\n"
+        if [[ -b ${paths[$i]} ]]; then
+            printf "    <disk type='block' device='disk'>\n"
+            source="dev"
+        else
+            printf "    <disk type='file' device='disk'>\n"
+            source="file"
+        fi
         printf "      <driver name='qemu' type='%s' cache='%s' io='%s'/>\n" "${formats[$i]}" "$CACHE" "$IO"
-        printf "      <source file='%s'/>\n" "$(xml_escape "${paths[$i]}")"
+        printf "      <source %s='%s'/>\n" "$source" "$(xml_escape "${paths[$i]}")"
         printf "      <target dev='vd%s' bus='virtio'/>\n" "${letters:$i:1}"
         printf '    </disk>\n'
     done

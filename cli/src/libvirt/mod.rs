@@ -163,16 +163,16 @@ pub fn select_disks(xml: &str, wanted: &[String]) -> Result<Vec<DiskDef>> {
     Ok(selected)
 }
 
-/// Why Ferry cannot back up `disk`, if it cannot: not a disk device, not file-backed, an
-/// empty drive, or a format other than raw and qcow2.
+/// Why Ferry cannot back up `disk`, if it cannot: not a disk device, neither on a file nor on
+/// a block device (network, volume), an empty drive, or a format other than raw and qcow2.
 fn unsupported(disk: &DiskDef) -> Option<String> {
     let t = &disk.target;
     if disk.device != "disk" {
         return Some(format!("{t} is a {} device, not a disk", disk.device));
     }
-    if disk.source_type != "file" {
+    if disk.source_type != "file" && disk.source_type != "block" {
         return Some(format!(
-            "disk {t} is a {} disk; Ferry backs up file-backed disks (raw or qcow2)",
+            "disk {t} is a {} disk; Ferry backs up file and block disks (raw or qcow2)",
             disk.source_type
         ));
     }
@@ -254,6 +254,21 @@ pub fn temporary_path(base: &Path, dir: Option<&Path>, mark: &str, ext: &str) ->
         .with_context(|| format!("{} has no file name", base.display()))?;
     let dir = match dir {
         Some(d) => d.to_owned(),
+        // Beside a device is /dev (or /dev/VG): no place for a file of the disk's size.
+        None if is_block_device(base) => bail!(
+            "{} is a block device: name a directory for its temporary {} ({})",
+            base.display(),
+            if mark == OVERLAY_MARK {
+                "overlay"
+            } else {
+                "scratch copy"
+            },
+            if mark == OVERLAY_MARK {
+                "--overlay-dir DIR"
+            } else {
+                "--scratch-dir DIR"
+            }
+        ),
         None => base
             .parent()
             .map(Path::to_owned)
@@ -269,6 +284,12 @@ pub fn temporary_path(base: &Path, dir: Option<&Path>, mark: &str, ext: &str) ->
         bail!("{} already exists", path.display());
     }
     Ok(path)
+}
+
+/// Whether `path` is (or links to) a block device.
+fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// Seconds since the Unix epoch.
@@ -352,11 +373,11 @@ mod tests {
         }
         // One unsupported disk among supported ones: the error names what --disk can take.
         let mixed = xml(&format!(
-            "{RAW}<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/loop9'/><target dev='vdc'/></disk>{QCOW}"
+            "{RAW}<disk type='network' device='disk'><driver type='raw'/><source protocol='nbd' name='x'/><target dev='vdc'/></disk>{QCOW}"
         ));
         let err = select_disks(&mixed, &[]).unwrap_err().to_string();
         assert!(
-            err.contains("vdc is a block disk") && err.contains("--disk vda --disk vdb"),
+            err.contains("vdc is a network disk") && err.contains("--disk vda --disk vdb"),
             "{err}"
         );
         assert_eq!(
@@ -369,9 +390,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("vdc is a block disk") && !err.contains("--disk"),
+            err.contains("vdc is a network disk") && !err.contains("--disk"),
             "{err}"
         );
+        // A block disk (an LVM volume, say) is selected like a file disk.
+        let block = xml(
+            "<disk type='block' device='disk'><driver type='raw'/><source dev='/dev/vg/lv'/><target dev='vda'/></disk>",
+        );
+        let selected = select_disks(&block, &[]).unwrap();
+        assert_eq!(selected[0].source.as_deref(), Some(Path::new("/dev/vg/lv")));
     }
 
     #[test]

@@ -204,6 +204,42 @@ fn exited<S: AsRef<OsStr>>(args: &[S], output: &std::process::Output, killed: &s
     run
 }
 
+/// A loop device over a file, detached on drop.
+pub struct LoopDevice {
+    pub device: PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches `file` (which must exist) as a new loop device.
+    pub fn attach(file: &Path) -> LoopDevice {
+        let output = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file)
+            .output()
+            .expect("run losetup");
+        assert!(
+            output.status.success(),
+            "losetup --find --show {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let device = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        LoopDevice {
+            device: PathBuf::from(device),
+        }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.device.to_str().unwrap()
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
 /// A JSON field as u64.
 #[track_caller]
 pub fn num(value: &Value, key: &str) -> u64 {

@@ -208,6 +208,9 @@ pub struct DiskSpec {
     pub top: Vec<(u64, u64, u8)>,
     /// qcow2 only: the guest data lives in an external raw data file (`vdX.data`).
     pub data_file: bool,
+    /// raw only: the disk is a block device (a loop device over the raw file), a
+    /// `type='block'` disk as LVM volumes are.
+    pub block: bool,
 }
 
 impl DiskSpec {
@@ -219,6 +222,7 @@ impl DiskSpec {
             backing: false,
             top: Vec::new(),
             data_file: false,
+            block: false,
         }
     }
 
@@ -438,6 +442,8 @@ pub struct VmDisk {
 pub struct TestVm {
     pub name: String,
     pub disks: Vec<VmDisk>,
+    /// Loop devices of block disks: dropped (detached) after the domain is destroyed.
+    loops: Vec<super::LoopDevice>,
     /// Writes into a live disk and checks the result (see [`TestVm::io_command`]).
     io_script: PathBuf,
     dir: TempDir,
@@ -474,6 +480,7 @@ impl TestVm {
         let dir = vm_root_tempdir(&format!("{name}."));
         let base = dir.path().canonicalize().expect("canonical VM directory");
         let mut disks = Vec::new();
+        let mut loops = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let target = format!("vd{}", (b'a' + i as u8) as char);
             let path = base.join(format!("{target}.{}", spec.format.as_str()));
@@ -520,6 +527,15 @@ impl TestVm {
                 run_ok(convert.arg(&raw_path).arg(&path));
                 std::fs::remove_file(&raw_path).expect("remove the initial raw image");
             }
+            let path = if spec.block {
+                assert_eq!(spec.format, Format::Raw, "block disks are raw");
+                let device = super::LoopDevice::attach(&path);
+                let device_path = device.device.clone();
+                loops.push(device);
+                device_path
+            } else {
+                path
+            };
             disks.push(VmDisk {
                 target,
                 path,
@@ -555,6 +571,7 @@ impl TestVm {
         let vm = TestVm {
             name,
             disks,
+            loops,
             io_script,
             dir,
         };

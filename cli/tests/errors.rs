@@ -446,41 +446,13 @@ fn snapshot_names_with_control_characters_are_refused() {
     fx.backup(&image, &["--name", "Ωmega ☃ web-01"]);
 }
 
-/// A small tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mount a tmpfs (needs root)");
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// On a full filesystem gc cannot write its lock: it says so and what to do, deletes nothing,
 /// and works once a little space is free.
 #[test]
 fn gc_on_a_full_filesystem_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let fs = Tmpfs::mount(tmp.path().join("fs"), "1m");
-    let repo = fs.0.join("repo");
+    let fs = common::vm::Tmpfs::mount("1m");
+    let repo = fs.path().join("repo");
     let repo_arg = repo.to_str().unwrap();
     ferry(&["init", "--repo", repo_arg, "--chunk-size", "64K"]).success();
     let image = tmp.path().join("disk.img");
@@ -493,7 +465,7 @@ fn gc_on_a_full_filesystem_says_what_to_do() {
     ferry(&["backup", "--repo", repo_arg, "--image", image_arg]).success();
     ferry(&["forget", "--repo", repo_arg, "latest"]).success();
     // Fill the filesystem (outside the repository) to the last byte.
-    let filler = fs.0.join("filler");
+    let filler = fs.path().join("filler");
     let mut file = File::create(&filler).unwrap();
     let block = vec![0x5au8; 4096];
     while std::io::Write::write(&mut file, &block).is_ok_and(|n| n > 0) {}
@@ -551,8 +523,8 @@ fn init_and_gen_image_name_what_is_in_the_way() {
     ]);
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 
-    let fs = Tmpfs::mount(tmp.path().join("fs"), "1m");
-    let out = fs.0.join("sample.img");
+    let fs = common::vm::Tmpfs::mount("1m");
+    let out = fs.path().join("sample.img");
     ferry(&["gen-image", "--size", "8M", "--out", out.to_str().unwrap()])
         .error_line(&["writing sample image", "No space"]);
     assert!(!out.exists(), "a partial sample image was left");

@@ -29,14 +29,12 @@ fn interrupted_backup_publishes_nothing_and_the_repository_stays_usable() {
     let fx = Fixture::with_chunk_size("1M");
     let image = fx.path("disk.img");
     gen_image(&image, "512M");
-    let args = [
-        OsStr::new("backup"),
-        OsStr::new("--repo"),
-        fx.repo.as_os_str(),
+    let rest = [
         OsStr::new("--image"),
         image.as_os_str(),
         OsStr::new("--json"),
     ];
+    let args = fx.args("backup", &rest);
     // Mid-copy: once the first chunk is stored.
     let run = ferry_interrupted(&args, &[], "INT", || !chunk_ids_in(&fx.repo).is_empty());
     run.interrupted_by("SIGINT", 130);
@@ -69,14 +67,8 @@ fn interrupted_restore_leaves_no_partial_image() {
     let sid = text(&report, "snapshot");
     let out = fx.dir("out");
     let target = out.join("disk.img");
-    let args = [
-        OsStr::new("restore"),
-        OsStr::new("--repo"),
-        fx.repo.as_os_str(),
-        OsStr::new(sid),
-        OsStr::new("--to"),
-        target.as_os_str(),
-    ];
+    let rest = [OsStr::new(sid), OsStr::new("--to"), target.as_os_str()];
+    let args = fx.args("restore", &rest);
     // Mid-write: once the temporary file exists.
     let run = ferry_interrupted(&args, &[], "TERM", || !dir_names(&out).is_empty());
     run.interrupted_by("SIGTERM", 143);

@@ -70,13 +70,8 @@ fn backup_and_restore_of_a_dense_image_stay_within_the_memory_bound() {
     .unwrap();
     assert_eq!(copied, IMAGE);
 
-    let args = [
-        OsStr::new("backup"),
-        OsStr::new("--repo"),
-        fx.repo.as_os_str(),
-        OsStr::new("--image"),
-        image.as_os_str(),
-    ];
+    let rest = [OsStr::new("--image"), image.as_os_str()];
+    let args = fx.args("backup", &rest);
     let (status, stderr, peak) = peak_rss(&args);
     assert!(status.success(), "backup failed: {status:?}\n{stderr}");
     assert!(
@@ -90,14 +85,8 @@ fn backup_and_restore_of_a_dense_image_stay_within_the_memory_bound() {
     let listed = fx.run("list", &["--json"]).success().json();
     let sid = text(&listed["snapshots"][0], "snapshot").to_owned();
     let target = fx.path("restored.img");
-    let args = [
-        OsStr::new("restore"),
-        OsStr::new("--repo"),
-        fx.repo.as_os_str(),
-        OsStr::new(&sid),
-        OsStr::new("--to"),
-        target.as_os_str(),
-    ];
+    let rest = [OsStr::new(&sid), OsStr::new("--to"), target.as_os_str()];
+    let args = fx.args("restore", &rest);
     let (status, stderr, peak) = peak_rss(&args);
     assert!(status.success(), "restore failed: {status:?}\n{stderr}");
     assert!(

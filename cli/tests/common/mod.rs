@@ -300,16 +300,25 @@ impl Fixture {
         dir
     }
 
-    /// `ferry SUBCOMMAND --repo REPO ARGS`.
-    #[track_caller]
-    pub fn run<S: AsRef<OsStr>>(&self, subcommand: &str, args: &[S]) -> Run {
+    /// The arguments `SUBCOMMAND --repo REPO ARGS`.
+    pub fn args<'a, S: AsRef<OsStr>>(
+        &'a self,
+        subcommand: &'a str,
+        args: &'a [S],
+    ) -> Vec<&'a OsStr> {
         let mut all: Vec<&OsStr> = vec![
             OsStr::new(subcommand),
             OsStr::new("--repo"),
             self.repo.as_os_str(),
         ];
         all.extend(args.iter().map(AsRef::as_ref));
-        ferry(&all)
+        all
+    }
+
+    /// `ferry SUBCOMMAND --repo REPO ARGS`.
+    #[track_caller]
+    pub fn run<S: AsRef<OsStr>>(&self, subcommand: &str, args: &[S]) -> Run {
+        ferry(&self.args(subcommand, args))
     }
 
     /// `ferry backup --image IMAGE --json EXTRA`, which must succeed; its JSON report.

@@ -166,6 +166,35 @@ fn no_server_on_a_host_is_a_location_error() {
     );
 }
 
+/// A server that reads each request and then closes the connection cleanly (FIN, no reset):
+/// every try ends in a clear error at once. The end of the stream used to be handed to the RPC
+/// layer as an empty read, which it retried forever at 100% CPU, deaf to SIGTERM.
+#[test]
+fn a_server_that_closes_connections_is_an_error_not_a_hang() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    // The real export (MOUNT answers through rpcbind), NFS itself on the closing port.
+    let scratch = Scratch::new("closer");
+    let config = NfsConfig {
+        port: Some(port),
+        ..scratch.config()
+    };
+    let err = NfsSink::open(&config).unwrap_err();
+    assert!(
+        matches!(&err, SinkError::Location { reason, .. } if reason.contains("closed the connection")),
+        "{err}"
+    );
+}
+
 /// What a crash between CREATE of the temp file and its LINK leaves: invisible to get and list,
 /// and the key stays free.
 #[test]

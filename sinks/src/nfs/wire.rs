@@ -190,8 +190,17 @@ impl Tcp {
 }
 
 impl AsyncRead for Tcp {
+    /// A read of 0 bytes into a non-empty buffer is the server closing the connection: an
+    /// error (a lost connection, retried on a new one), never a value the RPC layer could
+    /// loop on.
     async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        match self.0.read(buf)? {
+            0 if !buf.is_empty() => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the NFS server closed the connection",
+            )),
+            n => Ok(n),
+        }
     }
 }
 

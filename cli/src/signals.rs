@@ -55,9 +55,10 @@ pub fn name(signal: i32) -> &'static str {
     }
 }
 
-/// For commands that only report (`list`, `verify` without `--quarantine`): a closed stdout
-/// (`ferry list | head -1`) ends the process quietly, as it ends `cat`, instead of a panic on
-/// EPIPE. Never for commands that have cleanup to do before they exit.
+/// For commands that only report (`list`, `verify`), once their work is done and only their
+/// output is left: a closed stdout (`ferry list | head -1`) ends the process quietly, as it
+/// ends `cat`, instead of a panic on EPIPE. Never earlier: the default SIGPIPE would also kill
+/// the process on a write to a socket the server closed (an S3 or NFS connection), silently.
 pub fn quiet_on_broken_pipe() {
     // SAFETY: restores the default disposition of SIGPIPE; no handler code is installed.
     unsafe {

@@ -41,3 +41,29 @@ fn bit_rot_on_nfs_is_named_refused_and_healed() {
     let dir = tempfile::tempdir().unwrap();
     exercise_bit_rot(&scratch.url, &scratch.local, dir.path(), |args| ferry(args));
 }
+
+/// `list` and `verify` against an NFS port whose server reads each request and closes the
+/// connection: a clear error line and exit 1. Neither may die silently of SIGPIPE on the
+/// socket (they restore the default SIGPIPE for their stdout, only once their work is done),
+/// nor hang.
+#[test]
+fn list_and_verify_against_a_closing_server_fail_clearly() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let scratch = Scratch::new("closing");
+    let url = scratch
+        .url
+        .replacen("nfs://127.0.0.1/", &format!("nfs://127.0.0.1:{port}/"), 1);
+    for command in ["list", "verify"] {
+        ferry(&[command, "--repo", &url]).error_line(&["closed the connection"]);
+    }
+}

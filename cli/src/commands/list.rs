@@ -37,7 +37,6 @@ struct Damaged {
 }
 
 pub fn run(args: ListArgs) -> Result<ExitCode> {
-    crate::signals::quiet_on_broken_pipe();
     let repo = open_repo(&args.repo)?;
     let mut listed = Vec::new();
     let mut damaged = Vec::new();
@@ -69,6 +68,8 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
     }
     // Oldest first, as `latest` counts.
     listed.sort_by(|a, b| (a.finished_at, &a.snapshot).cmp(&(b.finished_at, &b.snapshot)));
+    // Only printing is left: no socket write can raise SIGPIPE from here on.
+    crate::signals::quiet_on_broken_pipe();
     if args.json {
         print_json(&serde_json::json!({ "snapshots": listed, "damaged": damaged }))?;
     } else {

@@ -12,9 +12,6 @@ use crate::commands::{open_repo, print_json};
 use crate::progress::Bar;
 
 pub fn run(args: VerifyArgs) -> Result<ExitCode> {
-    if !args.quarantine {
-        crate::signals::quiet_on_broken_pipe();
-    }
     let repo = open_repo(&args.repo)?;
     let snapshot = match args.snapshot.as_deref().map(|s| repo.resolve_snapshot(s)) {
         None => None,
@@ -36,6 +33,9 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         args.threads,
         &Bar::new(args.json),
     )?;
+    // Only printing is left (the repository is not written again): a closed stdout may end
+    // the process, and no socket write can raise SIGPIPE from here on.
+    crate::signals::quiet_on_broken_pipe();
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["clean"] = report.is_clean().into();

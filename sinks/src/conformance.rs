@@ -94,12 +94,26 @@ pub fn overwrite_replaces(sink: &dyn Sink) {
 }
 
 /// [`PutMode::Create`] on an existing key reports [`PutOutcome::AlreadyExists`] and changes
-/// nothing, whether the new content differs or not.
+/// nothing, whether the new content differs or not, for small objects and chunk-sized ones (a
+/// server may refuse a large conditional put before reading its body and close the
+/// connection).
 pub fn create_keeps_existing(sink: &dyn Sink) {
     let s = Scratch::new(sink, "create_keeps_existing");
     let key = s.key("obj");
     let first = random_bytes(100);
     s.assert_written(&key, &first, PutMode::Create);
+    let chunk_key = s.key("chunk");
+    let chunk = random_bytes(CHUNK_SIZE);
+    s.assert_written(&chunk_key, &chunk, PutMode::Create);
+    let outcome = s.ok(
+        format!("put {chunk_key} (Create, {CHUNK_SIZE} bytes, again)"),
+        sink.put(&chunk_key, &chunk, PutMode::Create),
+    );
+    s.check(
+        outcome == PutOutcome::AlreadyExists,
+        format!("put {chunk_key} (Create) over an existing object returned {outcome:?}"),
+    );
+    s.assert_content(&chunk_key, &chunk);
     for data in [random_bytes(100), random_bytes(3), first.clone()] {
         let outcome = s.ok(
             format!("put {key} (Create)"),

@@ -269,6 +269,14 @@ impl Sink for S3Sink {
             {
                 Ok(PutOutcome::AlreadyExists)
             }
+            // A server may answer a conditional put of an existing object with 412 before it
+            // reads the body and close the connection (s3s-fs does, for a 4 MiB chunk): the
+            // client sees only a failed send. An object now under the key means put-if-absent
+            // found it there (a put is atomic, so it is whole).
+            Err(e) if mode == PutMode::Create && self.head(key).is_ok() => {
+                log::debug!("put {key} failed ({e}) but the object exists: already stored");
+                Ok(PutOutcome::AlreadyExists)
+            }
             Err(e) => Err(self.error("put", key.as_str(), e)),
         }
     }

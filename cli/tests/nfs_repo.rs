@@ -7,7 +7,7 @@ mod common;
 mod nfs_server;
 
 use common::{exercise_bit_rot, exercise_repository, ferry, mode};
-use nfs_server::Scratch;
+use nfs_server::{Scratch, closing_server};
 
 #[test]
 fn backup_list_verify_restore_and_dedup_on_nfs() {
@@ -48,17 +48,7 @@ fn bit_rot_on_nfs_is_named_refused_and_healed() {
 /// nor hang.
 #[test]
 fn list_and_verify_against_a_closing_server_fail_clearly() {
-    use std::io::Read;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    });
+    let port = closing_server();
     let scratch = Scratch::new("closing");
     let url = scratch
         .url

@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use ferry_sinks::nfs::{NfsConfig, NfsSink};
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError, conformance};
-use nfs_server::{Scratch, config_of, nfs_root};
+use nfs_server::{Scratch, closing_server, config_of, nfs_root};
 
 fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
@@ -171,17 +171,7 @@ fn no_server_on_a_host_is_a_location_error() {
 /// layer as an empty read, which it retried forever at 100% CPU, deaf to SIGTERM.
 #[test]
 fn a_server_that_closes_connections_is_an_error_not_a_hang() {
-    use std::io::Read;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    });
+    let port = closing_server();
     // The real export (MOUNT answers through rpcbind), NFS itself on the closing port.
     let scratch = Scratch::new("closer");
     let config = NfsConfig {

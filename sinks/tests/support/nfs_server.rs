@@ -88,3 +88,20 @@ pub fn config_of(url: &str) -> NfsConfig {
         path: rest.split('/').map(str::to_owned).collect(),
     }
 }
+
+/// A port on 127.0.0.1 whose server reads each request and then closes the connection
+/// cleanly (FIN, no reset), for as long as the test process runs.
+pub fn closing_server() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    port
+}

@@ -80,3 +80,28 @@ fn bit_rot_on_s3_is_named_refused_and_healed() {
         s3_ferry(s3, args)
     });
 }
+
+/// Settings that cannot work are refused by name with exit 1, before any request: a malformed
+/// endpoint used to panic inside object_store (exit 101), a plain-HTTP one without
+/// AWS_ALLOW_HTTP said only "builder error".
+#[test]
+fn unusable_settings_are_named() {
+    let s3 = server();
+    let bucket = s3.bucket("settings");
+    let repo = format!("s3://{bucket}/x");
+    let with = |name: &'static str, value: &str| {
+        let mut env = s3.env();
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value.to_owned()));
+        let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+        ferry_with_env(&["list", "--repo", &repo], &env)
+    };
+    with("AWS_ENDPOINT_URL", "127.0.0.1:9000").error_line(&["AWS_ENDPOINT_URL", "not a valid URL"]);
+    with("AWS_ENDPOINT_URL", "http://[::1").error_line(&["AWS_ENDPOINT_URL", "not a valid URL"]);
+    with("AWS_ALLOW_HTTP", "").error_line(&["AWS_ALLOW_HTTP=true"]);
+    let run = with("AWS_ENDPOINT_URL", "http://key:pass-in-url@127.0.0.1:9000");
+    let line = run.error_line(&["user name or password"]);
+    assert!(!run.stderr.contains("pass-in-url"), "{line}");
+    with("FERRY_RETRY_TIMEOUT", "2m")
+        .error_line(&["FERRY_RETRY_TIMEOUT", "whole number of seconds"]);
+}

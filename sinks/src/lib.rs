@@ -16,6 +16,9 @@
 //! - [`fault`]: injects failures (fail after N operations, flip a bit on read, stall puts at a
 //!   gate) for engine tests.
 //!
+//! [`retry`] is the one retry policy of the remote backends (S3, NFS): transient failures are
+//! retried with backoff until a deadline, and the user is told while it happens.
+//!
 //! [`conformance`] holds the one test suite every backend must pass.
 //!
 //! Blocking by design: the engine drives sinks from a fixed pool of uploader threads, so
@@ -29,6 +32,7 @@ pub mod local;
 pub mod memory;
 pub mod nfs;
 pub mod prefixed;
+pub mod retry;
 pub mod s3;
 
 mod key;
@@ -110,6 +114,9 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting (an environment variable or option) has a value the sink cannot use.
+    #[error("{name}: {reason}")]
+    Setting { name: &'static str, reason: String },
     /// A failure injected by a [`fault`] decorator.
     #[error("injected fault: {0}")]
     Injected(String),

@@ -9,9 +9,22 @@
 //!   conditional writes (AWS S3 since 2024, MinIO, R2, s3s).
 //! - **list**: paginated by `object_store`; a prefix ending mid-segment lists the enclosing
 //!   "directory" and filters, since S3 prefixes are segment-aligned in `object_store`.
-//! - **Retries**: `object_store` retries transient failures (timeouts, 5xx, throttling) with
-//!   bounded exponential backoff (at most [`MAX_RETRIES`] tries within [`RETRY_TIMEOUT`]); what
-//!   reaches Ferry after that is reported as permanent.
+//! - **Retries**: every operation is retried by Ferry's [`RetryPolicy`](crate::retry) (120 s
+//!   by default) when it fails transiently: the connection is refused, dropped or times out
+//!   (PUTs included: every Ferry put may be repeated, see below), or the server answers 5xx,
+//!   429 or 408. `object_store`'s own retries are off, so one policy, with one deadline and
+//!   one warning line, governs all of it. Everything else (no such bucket, access denied, a
+//!   malformed request) fails at once and says so. What fails after the deadline reports
+//!   [`Retry::Transient`], and says how often it was tried.
+//! - **Repeated puts**: a put whose reply was lost may have stored the object. A repeated
+//!   [`PutMode::Overwrite`] stores the same bytes again. A repeated [`PutMode::Create`] that
+//!   finds the object compares it with its own bytes: equal means this put wrote it
+//!   ([`PutOutcome::Written`]), different means another writer did.
+//! - **Listing** resumes after the last key it returned when a page request fails (S3 lists in
+//!   key order), so a retried page neither repeats nor skips keys.
+//! - **Endpoint**: `AWS_ENDPOINT_URL` is checked before any request: an `http://` or `https://`
+//!   URL with a host, and no user name or password in it (credentials belong in the
+//!   credential variables, and a URL is printed in messages).
 //!
 //! Blocking: the sink owns a small tokio runtime and each call blocks its (uploader) thread on
 //! one request, so concurrency is the number of uploader threads and memory stays bounded.
@@ -24,24 +37,20 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload,
-    RetryConfig,
+    ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload, RetryConfig,
 };
 
 use crate::leftover::{self, Leftover};
+use crate::retry::{GaveUp, Retrier, RetryPolicy};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
-
-/// Most tries of one request (object_store's retry policy).
-pub const MAX_RETRIES: usize = 6;
-/// Longest time spent retrying one request.
-pub const RETRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -110,6 +119,7 @@ pub struct S3Sink {
     runtime: tokio::runtime::Runtime,
     prefix: String,
     location: String,
+    retrier: Retrier,
 }
 
 impl fmt::Debug for S3Sink {
@@ -120,22 +130,157 @@ impl fmt::Debug for S3Sink {
     }
 }
 
+/// Checks an endpoint URL before `object_store` sees it (it panics on some malformed ones)
+/// and returns it as it will be shown in messages.
+fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError> {
+    let invalid = |reason: String| SinkError::Setting {
+        name: "AWS_ENDPOINT_URL",
+        reason,
+    };
+    let url = url::Url::parse(endpoint).map_err(|e| {
+        invalid(format!(
+            "{endpoint:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:9000 or \
+             https://s3.example.com"
+        ))
+    })?;
+    // Checked before the URL is ever echoed: it must not print credentials.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "the URL holds a user name or password; give credentials in AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY instead"
+                .to_owned(),
+        ));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http => {}
+        "http" => {
+            return Err(invalid(format!(
+                "{endpoint} is plain HTTP; set AWS_ALLOW_HTTP=true to allow it"
+            )));
+        }
+        scheme => {
+            return Err(invalid(format!(
+                "{endpoint:?}: scheme {scheme:?} is not http or https; expected e.g. \
+                 http://127.0.0.1:9000"
+            )));
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("{endpoint:?} names no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(format!(
+            "{endpoint:?} has a query or fragment, which an endpoint cannot have"
+        )));
+    }
+    Ok(endpoint.to_owned())
+}
+
+/// How a failed request should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The server was not reached, or the exchange broke off, or it timed out.
+    Transport,
+    /// The server answered with this HTTP status.
+    Status(u16),
+    /// Anything else (a malformed request, an unexpected reply).
+    Other,
+}
+
+impl Failure {
+    /// Finds the failure in an error's source chain.
+    fn of(error: &object_store::Error) -> Failure {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = current {
+            if let Some(http) = e.downcast_ref::<HttpError>() {
+                return match http.kind() {
+                    HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+                    | HttpErrorKind::Decode => Failure::Transport,
+                    // object_store leaves some lost connections unclassified ("error sending
+                    // request" when the pooled connection was cut): reqwest knows.
+                    _ => match std::error::Error::source(http)
+                        .and_then(|e| e.downcast_ref::<reqwest::Error>())
+                    {
+                        Some(e)
+                            if e.is_request()
+                                || e.is_connect()
+                                || e.is_timeout()
+                                || e.is_body() =>
+                        {
+                            Failure::Transport
+                        }
+                        _ => Failure::Other,
+                    },
+                };
+            }
+            // object_store's status errors are not public types; their message is.
+            if let Some(status) = e
+                .to_string()
+                .strip_prefix("Server returned non-2xx status code: ")
+                .and_then(|rest| rest.get(..3))
+                .and_then(|code| code.parse().ok())
+            {
+                return Failure::Status(status);
+            }
+            current = e.source();
+        }
+        Failure::Other
+    }
+
+    fn is_transient(self) -> bool {
+        match self {
+            Failure::Transport => true,
+            // 507: the store is full (MinIO answers it), which waiting does not fix.
+            Failure::Status(507) => false,
+            Failure::Status(status) => status >= 500 || status == 429 || status == 408,
+            Failure::Other => false,
+        }
+    }
+}
+
+/// The innermost error of a chain, when there is more than one.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = error.source()?;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    Some(cause.to_string())
+}
+
+/// The S3 error code of a reply (`<Code>NoSuchBucket</Code>`), if the message carries one.
+fn s3_error_code(message: &str) -> Option<&str> {
+    let start = message.find("<Code>")? + "<Code>".len();
+    let len = message[start..].find("</Code>")?;
+    Some(&message[start..start + len])
+}
+
 impl S3Sink {
     /// Connects to the bucket and checks that it is reachable with these credentials (one
     /// listing request), so a wrong key or a missing bucket is reported here, by name.
+    /// Transient failures are retried as [`RetryPolicy::from_env`] says.
     pub fn open(config: &S3Config) -> Result<S3Sink, SinkError> {
-        let location = match &config.endpoint {
+        S3Sink::open_with(config, RetryPolicy::from_env()?)
+    }
+
+    /// [`open`](Self::open) with an explicit retry policy.
+    pub fn open_with(config: &S3Config, retry: RetryPolicy) -> Result<S3Sink, SinkError> {
+        let endpoint = config
+            .endpoint
+            .as_deref()
+            .map(|e| check_endpoint(e, config.allow_http))
+            .transpose()?;
+        let location = match &endpoint {
             Some(endpoint) => format!("s3://{}/{} at {endpoint}", config.bucket, config.prefix),
             None => format!("s3://{}/{}", config.bucket, config.prefix),
         };
-        let retry = RetryConfig {
-            backoff: BackoffConfig {
-                init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(10),
-                base: 2.0,
-            },
-            max_retries: MAX_RETRIES,
-            retry_timeout: RETRY_TIMEOUT,
+        // Ferry retries (see the module docs); object_store tries each request once.
+        let single_try = RetryConfig {
+            max_retries: 0,
+            ..RetryConfig::default()
         };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
@@ -143,8 +288,8 @@ impl S3Sink {
             .with_access_key_id(&config.access_key_id)
             .with_secret_access_key(config.secret_access_key.expose())
             .with_allow_http(config.allow_http)
-            .with_retry(retry);
-        if let Some(endpoint) = &config.endpoint {
+            .with_retry(single_try);
+        if let Some(endpoint) = &endpoint {
             builder = builder.with_endpoint(endpoint);
         }
         let store = builder.build().map_err(|e| SinkError::Location {
@@ -164,6 +309,7 @@ impl S3Sink {
             store: Arc::new(store),
             runtime,
             prefix: config.prefix.clone(),
+            retrier: Retrier::new(retry, location.clone()),
             location,
         };
         sink.probe()?;
@@ -172,16 +318,33 @@ impl S3Sink {
 
     /// One listing request: fails with a clear error for a missing bucket or bad credentials.
     fn probe(&self) -> Result<(), SinkError> {
-        let store = Arc::clone(&self.store);
         let prefix = self.store_path_str("");
-        let first = self.runtime.block_on(async move {
-            let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
-            store.list(prefix.as_ref()).next().await
-        });
-        match first {
-            None | Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(self.error("list", "", e)),
-        }
+        self.call("list", &format!("{prefix}/"), |_| {
+            let store = Arc::clone(&self.store);
+            let prefix = prefix.clone();
+            self.runtime.block_on(async move {
+                let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
+                store.list(prefix.as_ref()).next().await.transpose()
+            })
+        })
+        .map(drop)
+    }
+
+    /// Runs one request (given the 1-based try number) under the retry policy.
+    fn call<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        attempt: impl FnMut(u32) -> Result<T, object_store::Error>,
+    ) -> Result<T, SinkError> {
+        self.retrier
+            .run(
+                op,
+                key,
+                |e: &object_store::Error| Failure::of(e).is_transient(),
+                attempt,
+            )
+            .map_err(|gave_up| self.error(op, key, gave_up))
     }
 
     fn store_path_str(&self, key: &str) -> String {
@@ -197,36 +360,63 @@ impl S3Sink {
     }
 
     /// Maps a store error to a [`SinkError`] naming the operation and key.
-    fn error(&self, op: &'static str, key: &str, e: object_store::Error) -> SinkError {
+    fn error(
+        &self,
+        op: &'static str,
+        key: &str,
+        gave_up: GaveUp<object_store::Error>,
+    ) -> SinkError {
+        let retried = gave_up.retried_suffix();
+        let e = gave_up.error;
+        let failure = Failure::of(&e);
         let message = e.to_string();
+        let access_denied = |reason: String| SinkError::AccessDenied {
+            location: self.location.clone(),
+            reason,
+        };
         match e {
             object_store::Error::NotFound { .. } => SinkError::NotFound {
                 key: key.to_owned(),
             },
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => SinkError::AccessDenied {
-                location: self.location.clone(),
-                reason: message,
-            },
-            _ if message.contains("NoSuchBucket") => SinkError::Location {
-                location: self.location.clone(),
-                reason: "the bucket does not exist".to_owned(),
-            },
-            _ if message.contains("InvalidAccessKeyId")
-                || message.contains("SignatureDoesNotMatch")
-                || message.contains("AccessDenied")
-                || message.contains("403") =>
-            {
-                SinkError::AccessDenied {
+            | object_store::Error::Unauthenticated { .. } => access_denied(message),
+            _ => match s3_error_code(&message) {
+                Some("NoSuchBucket") => SinkError::Location {
                     location: self.location.clone(),
-                    reason: message,
+                    reason: "the bucket does not exist".to_owned(),
+                },
+                Some("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+                    access_denied(message)
                 }
-            }
-            _ => SinkError::Io {
-                op,
-                key: key.to_owned(),
-                retry: Retry::Permanent,
-                source: std::io::Error::other(message),
+                _ if matches!(failure, Failure::Status(401 | 403)) => access_denied(message),
+                _ if failure == Failure::Status(507) => SinkError::NoSpace {
+                    location: self.location.clone(),
+                    key: key.to_owned(),
+                },
+                _ => {
+                    let transient = failure.is_transient();
+                    let (what, cause) = if failure == Failure::Transport {
+                        // object_store's message stops at "error sending request"; the
+                        // deepest cause says why ("Connection refused").
+                        let cause = root_cause(&e)
+                            .filter(|cause| !message.contains(cause.as_str()))
+                            .map(|cause| format!(" ({cause})"))
+                            .unwrap_or_default();
+                        ("no usable connection to the S3 server: ", cause)
+                    } else {
+                        ("", String::new())
+                    };
+                    SinkError::Io {
+                        op,
+                        key: key.to_owned(),
+                        retry: if transient {
+                            Retry::Transient
+                        } else {
+                            Retry::Permanent
+                        },
+                        source: std::io::Error::other(format!("{what}{message}{cause}{retried}")),
+                    }
+                }
             },
         }
     }
@@ -244,12 +434,15 @@ impl S3Sink {
             modified: SystemTime::from(meta.last_modified),
         })
     }
-}
 
-impl Sink for S3Sink {
-    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
-        let path = self.path(key);
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+    /// One PUT request, with put-if-absent's answers mapped to [`PutOutcome`].
+    fn put_once(
+        &self,
+        path: &StorePath,
+        data: &bytes::Bytes,
+        mode: PutMode,
+        retry: bool,
+    ) -> Result<PutOutcome, object_store::Error> {
         let options = PutOptions {
             mode: match mode {
                 PutMode::Overwrite => StorePutMode::Overwrite,
@@ -258,36 +451,75 @@ impl Sink for S3Sink {
             ..PutOptions::default()
         };
         let store = Arc::clone(&self.store);
+        let (target, payload) = (path.clone(), PutPayload::from(data.clone()));
         let result = self
             .runtime
-            .block_on(async move { store.put_opts(&path, payload, options).await });
-        match result {
-            Ok(_) => Ok(PutOutcome::Written),
+            .block_on(async move { store.put_opts(&target, payload, options).await });
+        let found = match result {
+            Ok(_) => return Ok(PutOutcome::Written),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. })
                 if mode == PutMode::Create =>
             {
-                Ok(PutOutcome::AlreadyExists)
+                true
             }
             // A server may answer a conditional put of an existing object with 412 before it
             // reads the body and close the connection (s3s-fs does, for a 4 MiB chunk): the
             // client sees only a failed send. An object now under the key means put-if-absent
             // found it there (a put is atomic, so it is whole).
-            Err(e) if mode == PutMode::Create && self.head(key).is_ok() => {
-                log::debug!("put {key} failed ({e}) but the object exists: already stored");
-                Ok(PutOutcome::AlreadyExists)
+            Err(e) if mode == PutMode::Create => {
+                let store = Arc::clone(&self.store);
+                let target = path.clone();
+                match self
+                    .runtime
+                    .block_on(async move { store.head(&target).await })
+                {
+                    Ok(_) => {
+                        log::debug!("put {path} failed ({e}) but the object exists");
+                        true
+                    }
+                    Err(_) => return Err(e),
+                }
             }
-            Err(e) => Err(self.error("put", key.as_str(), e)),
+            Err(e) => return Err(e),
+        };
+        debug_assert!(found);
+        // On a repeated put, the object found may be the one an earlier try stored before its
+        // reply was lost.
+        if retry && self.stored_bytes_equal(path, data) {
+            return Ok(PutOutcome::Written);
         }
+        Ok(PutOutcome::AlreadyExists)
+    }
+
+    /// Whether the object at `path` holds exactly `data` (false when it cannot be read).
+    fn stored_bytes_equal(&self, path: &StorePath, data: &[u8]) -> bool {
+        let store = Arc::clone(&self.store);
+        let target = path.clone();
+        self.runtime
+            .block_on(async move { store.get(&target).await?.bytes().await })
+            .is_ok_and(|stored| stored.as_ref() == data)
+    }
+}
+
+impl Sink for S3Sink {
+    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
+        let path = self.path(key);
+        let data = bytes::Bytes::copy_from_slice(data);
+        self.call("put", key.as_str(), |tries| {
+            self.put_once(&path, &data, mode, tries > 1)
+        })
     }
 
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
         let path = self.path(key);
-        let store = Arc::clone(&self.store);
-        self.runtime
-            .block_on(async move { store.get(&path).await?.bytes().await })
-            .map(|b| b.to_vec())
-            .map_err(|e| self.error("get", key.as_str(), e))
+        self.call("get", key.as_str(), |_| {
+            let store = Arc::clone(&self.store);
+            let path = path.clone();
+            self.runtime
+                .block_on(async move { store.get(&path).await?.bytes().await })
+                .map(|b| b.to_vec())
+        })
     }
 
     fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
@@ -296,21 +528,24 @@ impl Sink for S3Sink {
             return Ok(Vec::new());
         }
         let path = self.path(key);
-        let store = Arc::clone(&self.store);
-        let range: Range<u64> = start..end;
-        self.runtime
-            .block_on(async move { store.get_range(&path, range).await })
-            .map(|b| b.to_vec())
-            .map_err(|e| self.error("get", key.as_str(), e))
+        self.call("get", key.as_str(), |_| {
+            let store = Arc::clone(&self.store);
+            let path = path.clone();
+            let range: Range<u64> = start..end;
+            self.runtime
+                .block_on(async move { store.get_range(&path, range).await })
+                .map(|b| b.to_vec())
+        })
     }
 
     fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
         let path = self.path(key);
-        let store = Arc::clone(&self.store);
-        let meta = self
-            .runtime
-            .block_on(async move { store.head(&path).await })
-            .map_err(|e| self.error("head", key.as_str(), e))?;
+        let meta = self.call("head", key.as_str(), |_| {
+            let store = Arc::clone(&self.store);
+            let path = path.clone();
+            self.runtime
+                .block_on(async move { store.head(&path).await })
+        })?;
         Ok(ObjectMeta {
             key: key.clone(),
             size: meta.size,
@@ -330,29 +565,30 @@ impl Sink for S3Sink {
             None if prefix.is_empty() => full_prefix.clone(),
             None => String::new(),
         };
-        let store = Arc::clone(&self.store);
-        let stream = {
-            let _guard = self.runtime.enter();
-            let directory = (!directory.is_empty()).then(|| StorePath::from(directory));
-            store.list(directory.as_ref())
-        };
+        let directory = (!directory.is_empty()).then(|| StorePath::from(directory));
+        let stream = self.list_stream(directory.as_ref(), None);
         Ok(Box::new(S3List {
             sink: self,
             stream,
+            directory,
+            last: None,
             prefix: prefix.to_owned(),
         }))
     }
 
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         let path = self.path(key);
-        let store = Arc::clone(&self.store);
-        match self
-            .runtime
-            .block_on(async move { store.delete(&path).await })
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error("delete", key.as_str(), e)),
-        }
+        self.call("delete", key.as_str(), |_| {
+            let store = Arc::clone(&self.store);
+            let path = path.clone();
+            match self
+                .runtime
+                .block_on(async move { store.delete(&path).await })
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
     }
 
     /// A put is one PutObject request (never a multipart upload): an interrupted one stores
@@ -371,11 +607,51 @@ impl Sink for S3Sink {
     }
 }
 
-/// A listing, fetched page by page as it is iterated.
+type MetaStream = BoxStream<'static, object_store::Result<object_store::ObjectMeta>>;
+
+impl S3Sink {
+    /// The listing of `directory`, from the key after `after` when given.
+    fn list_stream(&self, directory: Option<&StorePath>, after: Option<&StorePath>) -> MetaStream {
+        let _guard = self.runtime.enter();
+        match after {
+            Some(after) => self.store.list_with_offset(directory, after),
+            None => self.store.list(directory),
+        }
+    }
+}
+
+/// A listing, fetched page by page as it is iterated; a failed page is fetched again after
+/// the last key returned.
 struct S3List<'a> {
     sink: &'a S3Sink,
-    stream: BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+    stream: MetaStream,
+    directory: Option<StorePath>,
+    /// The last key the stream yielded.
+    last: Option<StorePath>,
     prefix: String,
+}
+
+impl S3List<'_> {
+    /// The next entry of the store's listing, retried under the sink's policy.
+    fn next_entry(&mut self) -> Result<Option<object_store::ObjectMeta>, SinkError> {
+        let S3List {
+            sink,
+            stream,
+            directory,
+            last,
+            prefix,
+        } = self;
+        sink.call("list", prefix, |tries| {
+            if tries > 1 {
+                *stream = sink.list_stream(directory.as_ref(), last.as_ref());
+            }
+            let entry = sink.runtime.block_on(stream.next()).transpose()?;
+            if let Some(entry) = &entry {
+                *last = Some(entry.location.clone());
+            }
+            Ok(entry)
+        })
+    }
 }
 
 impl Iterator for S3List<'_> {
@@ -383,10 +659,10 @@ impl Iterator for S3List<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let item = self.sink.runtime.block_on(self.stream.next())?;
-            match item {
-                Err(e) => return Some(Err(self.sink.error("list", &self.prefix, e))),
-                Ok(meta) => {
+            match self.next_entry() {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => return None,
+                Ok(Some(meta)) => {
                     if let Some(meta) = self.sink.meta(meta)
                         && meta.key.as_str().starts_with(&self.prefix)
                     {
@@ -416,5 +692,44 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("very-secret"), "{shown}");
         assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn error_codes_are_read_from_the_reply_not_guessed_from_substrings() {
+        let reply = "Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\"?>\
+                     <Error><Code>NoSuchBucket</Code><Resource>/b403</Resource></Error>";
+        assert_eq!(s3_error_code(reply), Some("NoSuchBucket"));
+        assert_eq!(
+            s3_error_code("GET http://h:9403/b403 - error sending request"),
+            None
+        );
+        assert_eq!(s3_error_code("<Code>unterminated"), None);
+    }
+
+    #[test]
+    fn endpoints_are_checked_before_use() {
+        assert!(check_endpoint("https://s3.example.com", false).is_ok());
+        assert!(check_endpoint("http://127.0.0.1:9000", true).is_ok());
+        assert!(check_endpoint("http://[::1]:9000", true).is_ok());
+        for (endpoint, allow_http) in [
+            ("127.0.0.1:9000", true),
+            ("http://127.0.0.1:9000", false),
+            ("http://127.0.0.1:65536", true),
+            ("s3://bucket", true),
+            ("http://u:p@host", true),
+            ("http://host/#frag", true),
+        ] {
+            let err = check_endpoint(endpoint, allow_http).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    SinkError::Setting {
+                        name: "AWS_ENDPOINT_URL",
+                        ..
+                    }
+                ),
+                "{endpoint}: {err}"
+            );
+        }
     }
 }

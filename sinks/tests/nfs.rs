@@ -3,12 +3,18 @@
 #[path = "support/nfs_server.rs"]
 #[allow(dead_code)]
 mod nfs_server;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
 
+use ferry_sinks::Retry;
 use ferry_sinks::nfs::{NfsConfig, NfsSink};
+use ferry_sinks::retry::RetryPolicy;
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError, conformance};
-use nfs_server::{Scratch, closing_server, config_of, nfs_root};
+use nfs_server::{Scratch, closing_server, config_of, nfs_root, silent_server};
+use tcp_proxy::TcpProxy;
 
 fn key(s: &str) -> ObjectKey {
     ObjectKey::new(s).unwrap()
@@ -228,4 +234,65 @@ fn objects_larger_than_one_transfer() {
         &data[start..end]
     );
     assert_eq!(std::fs::read(scratch.local.join("big")).unwrap(), data);
+}
+
+/// A server that stops answering: the call fails after the 30 s call timeout and says so (the
+/// socket's "resource temporarily unavailable" used to be the whole message).
+#[test]
+fn a_stalled_server_times_out_and_says_so() {
+    let scratch = Scratch::new("stalled");
+    let config = NfsConfig {
+        port: Some(silent_server()),
+        ..scratch.config()
+    };
+    let err = NfsSink::open_with(&config, RetryPolicy::with_deadline(Duration::ZERO)).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("no reply from the NFS server within 30 s"),
+        "{shown}"
+    );
+    assert!(!shown.contains("temporarily unavailable"), "{shown}");
+}
+
+/// A proxy in front of the real NFS service, and a sink that reaches it through the proxy.
+fn behind_proxy(scratch: &Scratch, retry: RetryPolicy) -> (TcpProxy, NfsSink) {
+    NfsSink::create(&scratch.config()).unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:2049".parse().unwrap());
+    let config = NfsConfig {
+        port: Some(proxy.port),
+        ..scratch.config()
+    };
+    let sink = NfsSink::open_with(&config, retry).unwrap();
+    (proxy, sink)
+}
+
+/// The filer goes away for a while (failover, restart): a put started during the outage is
+/// retried on new connections until it is back, and stores its object.
+#[test]
+fn an_outage_shorter_than_the_deadline_is_ridden_out() {
+    let scratch = Scratch::new("outage");
+    let (proxy, sink) = behind_proxy(&scratch, RetryPolicy::default());
+    sink.put(&key("before"), b"up", PutMode::Create).unwrap();
+    proxy.go_down();
+    let chunk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::thread::scope(|scope| {
+        let put = scope.spawn(|| sink.put(&key("chunks/ab/during"), &chunk, PutMode::Create));
+        proxy.wait_for_refused(2);
+        proxy.come_up();
+        assert_eq!(put.join().unwrap().unwrap(), PutOutcome::Written);
+    });
+    assert_eq!(sink.get(&key("chunks/ab/during")).unwrap(), chunk);
+}
+
+/// A filer that stays away: the operation fails after the deadline, transient, and says how
+/// often it was tried.
+#[test]
+fn a_lasting_outage_is_a_transient_error() {
+    let scratch = Scratch::new("lasting");
+    let (proxy, sink) = behind_proxy(&scratch, RetryPolicy::with_deadline(Duration::from_secs(1)));
+    sink.put(&key("kept"), b"x", PutMode::Create).unwrap();
+    proxy.go_down();
+    let err = sink.get(&key("kept")).unwrap_err();
+    assert_eq!(err.retry(), Retry::Transient, "{err}");
+    assert!(err.to_string().contains("gave up after"), "{err}");
 }

@@ -3,10 +3,16 @@
 #[path = "support/s3_server.rs"]
 #[allow(dead_code)]
 mod s3_server;
+#[path = "support/tcp_proxy.rs"]
+mod tcp_proxy;
 
+use std::time::Duration;
+
+use ferry_sinks::retry::RetryPolicy;
 use ferry_sinks::s3::{S3Config, S3Sink, Secret};
-use ferry_sinks::{Sink, SinkError, conformance};
+use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Retry, Sink, SinkError, conformance};
 use s3_server::{ACCESS_KEY, SECRET_KEY, server};
+use tcp_proxy::TcpProxy;
 
 fn config(bucket: &str, prefix: &str, secret: &str) -> S3Config {
     S3Config {
@@ -60,4 +66,138 @@ fn debug_and_location_never_show_the_secret() {
     );
     assert!(!shown.contains(SECRET_KEY), "{shown}");
     assert!(sink.location().starts_with("s3://debug/p"));
+}
+
+/// A proxy in front of the test server, and a sink that reaches the server through it.
+fn behind_proxy(bucket: &str, retry: RetryPolicy) -> (TcpProxy, S3Sink) {
+    let address = server()
+        .endpoint
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = TcpProxy::start(address);
+    let config = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
+        ..config(bucket, "", SECRET_KEY)
+    };
+    let sink = S3Sink::open_with(&config, retry).unwrap();
+    (proxy, sink)
+}
+
+fn key(s: &str) -> ObjectKey {
+    ObjectKey::new(s).unwrap()
+}
+
+/// A server that goes away for a while (restart, network blip): each operation keeps trying
+/// until it is back, so a put started during the outage stores its object.
+#[test]
+fn an_outage_shorter_than_the_deadline_is_ridden_out() {
+    let bucket = server().bucket("outage");
+    let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::default());
+    sink.put(&key("before"), b"up", PutMode::Create).unwrap();
+    proxy.go_down();
+    let chunk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::thread::scope(|scope| {
+        let put = scope.spawn(|| sink.put(&key("chunks/ab/during"), &chunk, PutMode::Create));
+        proxy.wait_for_refused(2);
+        proxy.come_up();
+        assert_eq!(put.join().unwrap().unwrap(), PutOutcome::Written);
+    });
+    assert_eq!(sink.get(&key("chunks/ab/during")).unwrap(), chunk);
+}
+
+/// A listing whose next page fails resumes after the last key it returned: every key once.
+#[test]
+fn a_listing_interrupted_by_an_outage_resumes_without_repeats_or_gaps() {
+    let bucket = server().bucket("outage-list");
+    let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::default());
+    let count = 1500; // more than one page (1000 keys)
+    for i in 0..count {
+        sink.put(&key(&format!("chunks/{i:05}")), b"x", PutMode::Create)
+            .unwrap();
+    }
+    let mut listed = Vec::new();
+    std::thread::scope(|scope| {
+        let mut list = sink.list("chunks/").unwrap();
+        listed.push(list.next().unwrap().unwrap().key);
+        // The first page is in memory; the second is fetched during the outage.
+        proxy.go_down();
+        scope.spawn(|| {
+            proxy.wait_for_refused(2);
+            proxy.come_up();
+        });
+        listed.extend(list.map(|meta| meta.unwrap().key));
+    });
+    let mut expected: Vec<ObjectKey> = (0..count).map(|i| key(&format!("chunks/{i:05}"))).collect();
+    expected.sort();
+    listed.sort();
+    assert_eq!(listed, expected);
+}
+
+/// A server that stays away: the operation fails after the deadline as a transient failure
+/// that says what happened, never as a missing object or denied access (the bucket name
+/// holds "403", which once read as an HTTP status).
+#[test]
+fn a_lasting_outage_is_a_transient_error_naming_the_connection() {
+    let bucket = server().bucket("b403x");
+    let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::with_deadline(Duration::from_secs(1)));
+    sink.put(&key("kept"), b"x", PutMode::Create).unwrap();
+    proxy.go_down();
+    for err in [
+        sink.get(&key("kept")).unwrap_err(),
+        sink.head(&key("kept")).unwrap_err(),
+        sink.put(&key("new"), b"y", PutMode::Create).unwrap_err(),
+        sink.list("").unwrap().next().unwrap().unwrap_err(),
+    ] {
+        assert_eq!(err.retry(), Retry::Transient, "{err}");
+        assert!(matches!(err, SinkError::Io { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("no usable connection to the S3 server"),
+            "{shown}"
+        );
+        assert!(shown.contains("gave up after"), "{shown}");
+    }
+}
+
+/// A malformed endpoint is refused by name before any request (object_store panicked on some),
+/// and credentials written into the URL are never echoed.
+#[test]
+fn malformed_endpoints_are_refused_by_name() {
+    let bucket = server().bucket("endpoints");
+    for (endpoint, allow_http, expected) in [
+        ("127.0.0.1:9000", true, "not a valid URL"),
+        ("localhost:9000", true, "not http or https"),
+        ("http://127.0.0.1:99999", true, "not a valid URL"),
+        ("http://[::1", true, "not a valid URL"),
+        ("ftp://127.0.0.1:9000", true, "not http or https"),
+        ("http://127.0.0.1:9000", false, "AWS_ALLOW_HTTP"),
+        ("http://127.0.0.1:9000/?x=1", true, "query"),
+        (
+            "http://AKID:hunter2secret@127.0.0.1:9000",
+            true,
+            "user name or password",
+        ),
+    ] {
+        let config = S3Config {
+            endpoint: Some(endpoint.to_owned()),
+            allow_http,
+            ..config(&bucket, "", SECRET_KEY)
+        };
+        let err = S3Sink::open(&config).unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            matches!(
+                &err,
+                SinkError::Setting {
+                    name: "AWS_ENDPOINT_URL",
+                    ..
+                }
+            ),
+            "{endpoint}: {shown}"
+        );
+        assert!(shown.contains(expected), "{endpoint}: {shown}");
+        assert!(!shown.contains("hunter2secret"), "{endpoint}: {shown}");
+    }
 }

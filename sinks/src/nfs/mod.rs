@@ -30,7 +30,8 @@
 //! # Retries
 //! A call that fails for a transient reason (connection lost or timed out, `NFS3ERR_JUKEBOX`,
 //! a stale handle, a changed write verifier) is retried from the start of the operation on a
-//! fresh connection, at most [`MAX_ATTEMPTS`] times with exponential backoff. NFSv3's
+//! fresh connection, as the sink's [`RetryPolicy`] says (with backoff, until its deadline,
+//! 120 s by default; a server that stops answering costs 30 s per try). NFSv3's
 //! non-idempotent procedures are made safe to repeat: a LINK or RENAME whose reply was lost
 //! and that fails with `NFS3ERR_EXIST`/`NFS3ERR_NOENT` on the retry is recognised by comparing
 //! file ids, and REMOVE of a missing name is success. Permanent failures (no such export,
@@ -50,6 +51,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::leftover::{Leftover, temp_name};
+use crate::retry::{Retrier, RetryPolicy};
 use crate::{ObjectKey, ObjectMeta, PutMode, PutOutcome, Retry, Sink, SinkError};
 use wire::{Attr, Conn, Failure, Handle, MountError, Pool, Status};
 
@@ -57,8 +59,6 @@ use wire::{Attr, Conn, Failure, Handle, MountError, Pool, Status};
 const FILE_MODE: u32 = 0o600;
 /// Mode of directories the sink creates.
 const DIR_MODE: u32 = 0o700;
-/// Tries of one operation, the first included.
-pub const MAX_ATTEMPTS: u32 = 5;
 /// Largest READ/WRITE transfer, whatever the server offers.
 const MAX_TRANSFER: u32 = 1 << 20;
 /// Directory handles kept; the repository has a few hundred directories.
@@ -93,6 +93,7 @@ pub struct NfsSink {
     read_size: u32,
     write_size: u32,
     location: String,
+    retrier: Retrier,
 }
 
 impl fmt::Debug for NfsSink {
@@ -109,17 +110,23 @@ impl NfsSink {
     /// Uses the existing repository directory. Fails with [`SinkError::Location`] naming the
     /// problem when no server answers, no export holds the path, or the directory is missing,
     /// and with [`SinkError::AccessDenied`] when the server refuses this host.
+    /// Transient failures are retried as [`RetryPolicy::from_env`] says.
     pub fn open(config: &NfsConfig) -> Result<NfsSink, SinkError> {
-        Self::connect(config, false)
+        Self::connect(config, false, RetryPolicy::from_env()?)
     }
 
     /// Like [`open`](Self::open), creating the repository directory and any missing parents
     /// inside the export (mode 0700) first.
     pub fn create(config: &NfsConfig) -> Result<NfsSink, SinkError> {
-        Self::connect(config, true)
+        Self::connect(config, true, RetryPolicy::from_env()?)
     }
 
-    fn connect(config: &NfsConfig, create: bool) -> Result<NfsSink, SinkError> {
+    /// [`open`](Self::open) with an explicit retry policy.
+    pub fn open_with(config: &NfsConfig, retry: RetryPolicy) -> Result<NfsSink, SinkError> {
+        Self::connect(config, false, retry)
+    }
+
+    fn connect(config: &NfsConfig, create: bool, retry: RetryPolicy) -> Result<NfsSink, SinkError> {
         let location = config.url();
         let location_error = |reason: String| SinkError::Location {
             location: location.clone(),
@@ -151,6 +158,7 @@ impl NfsSink {
             dirs: Mutex::new(HashMap::new()),
             read_size: mounted.sizes.read,
             write_size: mounted.sizes.write,
+            retrier: Retrier::new(retry, location.clone()),
             location: location.clone(),
         };
         // Walk from the export root to the repository directory.
@@ -232,28 +240,23 @@ impl NfsSink {
         key: &str,
         mut attempt: impl FnMut(&mut Conn<'_>) -> Result<T, Failure>,
     ) -> Result<T, SinkError> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let result = self.pool.conn().and_then(|mut conn| attempt(&mut conn));
-            match result {
-                Ok(value) => return Ok(value),
-                Err(failure) if failure.is_transient() && tries < MAX_ATTEMPTS => {
-                    if failure.is_stale() {
-                        self.dirs_mut().clear();
-                    }
-                    log::debug!(
-                        "{op} {key} on {}: {failure}; retrying ({tries}/{MAX_ATTEMPTS})",
-                        self.location
-                    );
-                    std::thread::sleep(backoff(tries));
+        self.retrier
+            .run(op, key, Failure::is_transient, |_| {
+                let result = self.pool.conn().and_then(|mut conn| attempt(&mut conn));
+                if let Err(failure) = &result
+                    && failure.is_stale()
+                {
+                    self.dirs_mut().clear();
                 }
-                Err(failure) => return Err(self.error(op, key, failure)),
-            }
-        }
+                result
+            })
+            .map_err(|gave_up| {
+                let retried = gave_up.retried_suffix();
+                self.error(op, key, gave_up.error, &retried)
+            })
     }
 
-    fn error(&self, op: &'static str, key: &str, failure: Failure) -> SinkError {
+    fn error(&self, op: &'static str, key: &str, failure: Failure, retried: &str) -> SinkError {
         let location = self.location.clone();
         match failure.status() {
             Some(Status::NoEnt) => SinkError::NotFound {
@@ -279,7 +282,7 @@ impl NfsSink {
                 } else {
                     Retry::Permanent
                 },
-                source: std::io::Error::other(format!("{failure} (on {location})")),
+                source: std::io::Error::other(format!("{failure} (on {location}){retried}")),
             },
         }
     }
@@ -463,10 +466,6 @@ fn same_file(
 /// `(directory, name)` of a key: `("chunks/ab", "ab12…")`, `("", "config")`.
 fn split_key(key: &ObjectKey) -> (&str, &str) {
     key.as_str().rsplit_once('/').unwrap_or(("", key.as_str()))
-}
-
-fn backoff(tries: u32) -> Duration {
-    Duration::from_millis(100 << tries.min(5)).min(Duration::from_secs(2))
 }
 
 fn modified(attr: &Attr) -> SystemTime {

@@ -193,8 +193,10 @@ impl AsyncRead for Tcp {
     /// A read of 0 bytes into a non-empty buffer is the server closing the connection: an
     /// error (a lost connection, retried on a new one), never a value the RPC layer could
     /// loop on.
+    /// A read that waits [`CALL_TIMEOUT`] for data fails with [`std::io::ErrorKind::TimedOut`],
+    /// saying so (the socket reports it as "resource temporarily unavailable").
     async fn async_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.0.read(buf)? {
+        match self.0.read(buf).map_err(|e| timed_out(e, "no reply"))? {
             0 if !buf.is_empty() => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the NFS server closed the connection",
@@ -206,7 +208,24 @@ impl AsyncRead for Tcp {
 
 impl AsyncWrite for Tcp {
     async fn async_write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
+        self.0
+            .write(buf)
+            .map_err(|e| timed_out(e, "the request was not accepted"))
+    }
+}
+
+/// A socket timeout (`EAGAIN` from a blocking socket with a timeout) as a plain statement of
+/// what did not happen in time; other errors unchanged.
+fn timed_out(error: std::io::Error, what: &str) -> std::io::Error {
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{what} from the NFS server within {} s",
+                CALL_TIMEOUT.as_secs()
+            ),
+        ),
+        _ => error,
     }
 }
 

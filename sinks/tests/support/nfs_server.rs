@@ -105,3 +105,21 @@ pub fn closing_server() -> u16 {
     });
     port
 }
+
+/// A port on 127.0.0.1 whose server accepts connections and reads requests but never answers:
+/// a stalled server.
+pub fn silent_server() -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                while matches!(stream.read(&mut request), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    port
+}

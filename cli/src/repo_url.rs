@@ -1,8 +1,16 @@
 //! Repository locations: `PATH` or `file://PATH` (a local directory), `s3://BUCKET[/PREFIX]`
 //! (S3 or an S3-compatible store; endpoint, region and credentials from the AWS environment
 //! variables), `nfs://HOST[:PORT]/PATH` (a directory on an NFS export, over NFSv3 from user
-//! space; `PATH` is the export's path followed by the directory inside it).
+//! space; `PATH` is the export's path followed by the directory inside it; `HOST` is a name, an
+//! IPv4 address or an IPv6 address in brackets, `nfs://[::1]:2049/export`).
+//!
+//! A location that starts with a scheme Ferry knows (`file`, `s3`, `nfs`, in any case) but not
+//! with its `://` form (`nfs:filer/x`, `s3:bucket/x`, `file:/srv/repo`, `S3://b/x`) is refused
+//! with the right form: taken as a path it would silently become a local directory named
+//! `nfs:filer`. Any other path is a local directory, colons included (`backups:2024`); a local
+//! directory whose name does start with a scheme and a colon is written `./nfs:filer`.
 
+use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +33,7 @@ impl RepoUrl {
         if url.is_empty() {
             bail!("empty repository location");
         }
+        refuse_misspelt_scheme(url)?;
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 bail!("file:// repository URLs need an absolute path: {url}");
@@ -105,27 +114,70 @@ impl RepoUrl {
     }
 }
 
-/// `HOST[:PORT]/PATH` of an `nfs://` URL: a host name or IPv4 address, an optional NFS port
-/// (default: ask the portmapper), and an absolute path of plain segments.
+/// The schemes of [`RepoUrl::parse`], each with the form it takes.
+const SCHEMES: [(&str, &str); 3] = [
+    ("file", "file:///ABSOLUTE/PATH"),
+    ("s3", "s3://BUCKET/PREFIX"),
+    ("nfs", "nfs://HOST[:PORT]/EXPORT/DIR"),
+];
+
+/// Refuses a location that names a known scheme in a form [`RepoUrl::parse`] does not take:
+/// `nfs:host/x` (one colon, or `nfs:/host/x`), or the scheme not in lower case (`S3://b/x`).
+fn refuse_misspelt_scheme(url: &str) -> Result<()> {
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Ok(());
+    };
+    let Some((known, form)) = SCHEMES
+        .iter()
+        .find(|(known, _)| scheme.eq_ignore_ascii_case(known))
+    else {
+        return Ok(());
+    };
+    if scheme == *known && rest.starts_with("//") {
+        return Ok(());
+    }
+    bail!(
+        "repository location {url:?} looks like a misspelt {known}:// URL: write {form} \
+         (for a local directory of that name, write ./{url})"
+    );
+}
+
+/// `HOST[:PORT]/PATH` of an `nfs://` URL: a host name, an IPv4 address or an IPv6 address in
+/// brackets (stored without them), an optional NFS port (default: ask the portmapper), and an
+/// absolute path of plain segments.
 fn parse_nfs(url: &str, rest: &str) -> Result<NfsConfig> {
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => {
-            let port: u16 = port
-                .parse()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| anyhow::anyhow!("{url}: {port:?} is not a port number"))?;
-            (host, Some(port))
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| anyhow::anyhow!("{url}: '[' without ']' around an IPv6 address"))?;
+            if address.parse::<Ipv6Addr>().is_err() {
+                bail!("{url}: {address:?} in brackets is not an IPv6 address");
+            }
+            match after {
+                "" => (address, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (address, Some(parse_port(url, port)?)),
+                    None => bail!("{url}: {after:?} after ']' is not ':PORT'"),
+                },
+            }
         }
-        None => (authority, None),
+        None if authority.matches(':').count() > 1 => {
+            bail!("{url}: an IPv6 address goes in brackets: nfs://[ADDRESS]:PORT/PATH")
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(parse_port(url, port)?)),
+            None => (authority, None),
+        },
     };
     let valid_host = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && (host.contains(':')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
     if !valid_host {
-        bail!("{url}: {host:?} is not a host name or IPv4 address");
+        bail!("{url}: {host:?} is not a host name, IPv4 address or [IPv6 address]");
     }
     let path: Vec<String> = path
         .trim_end_matches('/')
@@ -143,6 +195,14 @@ fn parse_nfs(url: &str, rest: &str) -> Result<NfsConfig> {
         port,
         path,
     })
+}
+
+/// An NFS port: 1 to 65535.
+fn parse_port(url: &str, port: &str) -> Result<u16> {
+    port.parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| anyhow::anyhow!("{url}: {port:?} is not a port number"))
 }
 
 #[cfg(test)]
@@ -203,5 +263,80 @@ mod tests {
         }
         assert!(RepoUrl::parse("ftp://x").is_err());
         assert!(RepoUrl::parse("").is_err());
+    }
+
+    #[test]
+    fn ipv6_hosts_go_in_brackets() {
+        let nfs = |host: &str, port, path: &[&str]| {
+            RepoUrl::Nfs(NfsConfig {
+                host: host.into(),
+                port,
+                path: path.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            RepoUrl::parse("nfs://[::1]/export/path").unwrap(),
+            nfs("::1", None, &["export", "path"])
+        );
+        assert_eq!(
+            RepoUrl::parse("nfs://[::1]:2049/export").unwrap(),
+            nfs("::1", Some(2049), &["export"])
+        );
+        assert_eq!(
+            RepoUrl::parse("nfs://[fd00::5:1]:20049/srv/nfs/").unwrap(),
+            nfs("fd00::5:1", Some(20049), &["srv", "nfs"])
+        );
+        for (bad, needle) in [
+            ("nfs://::1/export", "in brackets"),
+            ("nfs://fd00::1:2049/export", "in brackets"),
+            ("nfs://[::1/export", "without ']'"),
+            ("nfs://[filer]/export", "not an IPv6 address"),
+            ("nfs://[10.0.0.1]/export", "not an IPv6 address"),
+            ("nfs://[::1]2049/export", "':PORT'"),
+            ("nfs://[::1]:/export", "not a port"),
+            ("nfs://[::1]:0/export", "not a port"),
+            ("nfs://[::1]:x/export", "not a port"),
+            ("nfs://[]/export", "not an IPv6 address"),
+            ("nfs://[::1]", "the path must be"),
+        ] {
+            let err = RepoUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn misspelt_schemes_are_refused_with_the_right_form() {
+        for (bad, form) in [
+            ("nfs:filer/srv/x", "nfs://HOST"),
+            ("nfs:/filer/srv/x", "nfs://HOST"),
+            ("nfs:", "nfs://HOST"),
+            ("NFS://filer/x", "nfs://HOST"),
+            ("s3:bucket/x", "s3://BUCKET"),
+            ("S3://bucket/x", "s3://BUCKET"),
+            ("s3:/bucket", "s3://BUCKET"),
+            ("file:/srv/repo", "file:///ABSOLUTE"),
+            ("File:///srv/repo", "file:///ABSOLUTE"),
+        ] {
+            let err = RepoUrl::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("misspelt"), "{bad}: {err}");
+            assert!(err.contains(form), "{bad}: {err}");
+            assert!(err.contains(&format!("./{bad}")), "{bad}: {err}");
+        }
+        // Other colons are part of a local path, and `./` takes any name literally.
+        for path in [
+            "backups:2024",
+            "./backups:2024",
+            "/srv/nfs:filer",
+            "./nfs:filer/x",
+            "s3x:y",
+            "nfsroot:1",
+            "c:",
+        ] {
+            assert_eq!(
+                RepoUrl::parse(path).unwrap(),
+                RepoUrl::Local(path.into()),
+                "{path}"
+            );
+        }
     }
 }

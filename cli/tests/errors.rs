@@ -319,6 +319,26 @@ fn unreachable_unknown_and_unconfigured_urls_are_refused_by_name() {
     ferry(&["list", "--repo", "s3://Not_A_Bucket/x"]).error_line(&["bucket name"]);
     ferry(&["list", "--repo", "ftp://host/x"]).error_line(&["ftp://"]);
     ferry(&["list", "--repo", "file://relative/x"]).error_line(&["absolute"]);
+    // A scheme with one colon would be a local directory named `nfs:127.0.0.1`: refused,
+    // naming the right form, and nothing is created.
+    let cwd = fx.dir("cwd");
+    for (typo, form) in [
+        ("nfs:127.0.0.1/export/x", "nfs://HOST"),
+        ("s3:bucket/x", "s3://BUCKET"),
+        ("file:/srv/x", "file:///"),
+    ] {
+        let run = Run::of(
+            &["init", "--repo", typo],
+            &std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .args(["init", "--repo", typo])
+                .current_dir(&cwd)
+                .env_remove("FERRY_REPO")
+                .output()
+                .unwrap(),
+        );
+        run.code(1).error_line(&[typo, "misspelt", form]);
+        assert!(dir_names(&cwd).is_empty(), "{:?}", dir_names(&cwd));
+    }
     // file:// with an absolute path is the same repository as the plain path.
     let url = format!("file://{}", fx.repo.display());
     let list = ferry(&["list", "--json", "--repo", &url]).success().json();

@@ -226,11 +226,10 @@ fn missing_chunk_shared_by_two_snapshots_is_reported_once() {
     d.restore_refused(other_sid, &[&d.victim, "missing"]);
 }
 
-/// Checks that a damaged manifest is reported by every verify and refused by restore.
-/// `head_damaged`: the damage is in the fixed head or the metadata's length, which even
-/// `list` (which reads only the head and metadata, without the checksum) must notice.
+/// Checks that a damaged manifest is reported by every verify, refused by restore and
+/// marked damaged by list.
 #[track_caller]
-fn assert_manifest_refused(d: &Damaged, head_damaged: bool) {
+fn assert_manifest_refused(d: &Damaged) {
     for args in [
         &[][..],
         &["--read-data"][..],
@@ -247,16 +246,19 @@ fn assert_manifest_refused(d: &Damaged, head_damaged: bool) {
     d.restore_refused(&d.sid[..6], &[&d.sid]);
     // `latest` must not pretend there is no snapshot: it names the damaged one.
     d.restore_refused("latest", &[&d.sid]);
-    // `list` does not verify checksums (that is verify's job): it shows the snapshot either
-    // as damaged or, when its head and metadata still read, as listed; never both.
-    let list = d.fx.run("list", &["--json"]).success().json();
-    let listed = list["snapshots"].as_array().unwrap();
+    // `list` checks each manifest as restore does: damage anywhere in it (metadata, index,
+    // checksum) makes the snapshot a damaged entry naming it, never a listed one.
+    let run = d.fx.run("list", &["--json"]).success();
+    let list = run.json();
+    assert_eq!(list["snapshots"], json!([]), "{list:#}");
     let damaged = list["damaged"].as_array().unwrap();
-    assert_eq!(listed.len() + damaged.len(), 1, "{list:#}");
-    if head_damaged {
-        assert_eq!(damaged[0]["snapshot"], d.sid.as_str(), "{list:#}");
-        assert!(!text(&damaged[0], "error").is_empty());
-    }
+    assert_eq!(damaged.len(), 1, "{list:#}");
+    assert_eq!(damaged[0]["snapshot"], d.sid.as_str(), "{list:#}");
+    assert!(!text(&damaged[0], "error").is_empty());
+    assert!(run.stderr.contains("damaged manifest"), "{run}");
+    let human = d.fx.run::<&str>("list", &[]).success();
+    let row = format!("{}  DAMAGED: ", d.sid);
+    assert!(human.stdout.contains(&row), "{human}");
 }
 
 /// Length of a manifest's fixed head plus its metadata.
@@ -278,7 +280,7 @@ fn truncated_manifest_is_found_and_refused() {
         0,
     ] {
         truncate(&path, len);
-        assert_manifest_refused(&d, len < head);
+        assert_manifest_refused(&d);
         std::fs::write(&path, &original).unwrap();
     }
     d.verify(&[], 0);
@@ -292,10 +294,42 @@ fn garbled_manifest_is_found_and_refused() {
     // Magic, version, metadata length, metadata, index, checksum.
     for at in [0, 8, 13, 40, len - 32 - 10, len - 1] {
         xor_byte(&path, at, 0x01);
-        assert_manifest_refused(&d, at < 16);
+        assert_manifest_refused(&d);
         xor_byte(&path, at, 0x01);
     }
     d.verify(&[], 0);
+}
+
+/// A manifest whose metadata still parses but whose index bytes were flipped: list names it
+/// damaged and still lists the intact snapshot beside it.
+#[test]
+fn list_marks_a_manifest_with_flipped_bytes_damaged_and_lists_the_others() {
+    let d = setup();
+    let other_image = d.fx.path("other.img");
+    write_image(&other_image, 2 * CHUNK, &[(0, &random_bytes(23, 3000))]);
+    let other = d.fx.backup(&other_image, &[]);
+    let other_sid = text(&other, "snapshot");
+    let path = d.manifest_path();
+    // In the index, after the metadata: the head and metadata still read.
+    xor_byte(&path, file_len(&path) - 32 - 10, 0xff);
+
+    let run = d.fx.run("list", &["--json"]).success();
+    let list = run.json();
+    let listed: Vec<&str> = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| text(s, "snapshot"))
+        .collect();
+    assert_eq!(listed, [other_sid], "{list:#}");
+    let damaged = list["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{list:#}");
+    assert_eq!(damaged[0]["snapshot"], d.sid.as_str(), "{list:#}");
+    assert!(text(&damaged[0], "error").contains("checksum"), "{list:#}");
+    assert!(
+        run.stderr.contains("1 snapshot(s) have a damaged manifest"),
+        "{run}"
+    );
 }
 
 #[test]

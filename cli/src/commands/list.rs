@@ -1,4 +1,10 @@
 //! `ferry list`: snapshots with time, name, disks and sizes.
+//!
+//! Every manifest is read whole and checked (checksum, and the id it is stored under) as
+//! restore checks it, so a snapshot that restore would refuse is never listed as good: it is
+//! a `DAMAGED` row (`damaged` in `--json`) naming the reason, a warning on stderr, and the
+//! other snapshots are listed as usual; the exit status stays 0 (`ferry verify` is the check
+//! whose exit status reports damage).
 
 use std::process::ExitCode;
 
@@ -41,7 +47,9 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
     let mut listed = Vec::new();
     let mut damaged = Vec::new();
     for id in repo.snapshot_ids()? {
-        match repo.load_meta(&id) {
+        // The whole manifest, checksum and id checked: a manifest whose head and metadata
+        // still read but whose bytes changed is damaged, and restore would refuse it.
+        match repo.load_snapshot(&id).map(|s| s.manifest.meta) {
             Ok(meta) => listed.push(Listed {
                 finished_at: meta.finished_at(),
                 snapshot: id,
@@ -65,6 +73,13 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
                 error: e.to_string(),
             }),
         }
+    }
+    if !damaged.is_empty() {
+        log::warn!(
+            "{} snapshot(s) have a damaged manifest and cannot be restored (marked DAMAGED); \
+             `ferry verify` names all damage",
+            damaged.len()
+        );
     }
     // Oldest first, as `latest` counts.
     listed.sort_by(|a, b| (a.finished_at, &a.snapshot).cmp(&(b.finished_at, &b.snapshot)));

@@ -91,22 +91,11 @@ impl RepoUrl {
         }
     }
 
-    /// The sink of a location for a new repository, created if missing. A local directory must
-    /// be missing or empty, so `init` never mixes a repository into unrelated files.
+    /// The sink of a location for a new repository, created if missing (`init` checks that
+    /// it is empty).
     pub fn create(&self) -> Result<Arc<dyn Sink>> {
         match self {
-            RepoUrl::Local(path) => {
-                if let Ok(mut entries) = std::fs::read_dir(path)
-                    && entries.next().is_some()
-                    && !path.join("config").exists()
-                {
-                    bail!(
-                        "{} is not empty; a new repository needs an empty or missing directory",
-                        path.display()
-                    );
-                }
-                Ok(Arc::new(LocalSink::create(path)?))
-            }
+            RepoUrl::Local(path) => Ok(Arc::new(LocalSink::create(path)?)),
             // Init's put-if-absent of the config refuses a prefix that holds a repository.
             RepoUrl::S3 { .. } => self.open(),
             RepoUrl::Nfs(config) => Ok(Arc::new(NfsSink::create(config)?)),

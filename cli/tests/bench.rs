@@ -1,6 +1,8 @@
 //! `ferry bench`: every stage is measured and named, the JSON report is whole, and the
 //! benchmark leaves nothing behind: not its sample image, not its objects, and (on NFS) not
-//! its directories, in a temporary directory, a local repository or an NFS repository.
+//! its directories, in a temporary directory, a local repository or an NFS repository. Into a
+//! repository it holds a shared lock, so gc never sweeps a running benchmark; what a
+//! benchmark killed by SIGKILL leaves, the next gc removes.
 
 mod common;
 #[path = "../../sinks/tests/support/nfs_server.rs"]
@@ -10,7 +12,7 @@ mod nfs_server;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use common::{Run, ferry, ferry_with_env, num, text};
+use common::{Run, ferry, ferry_interrupted, ferry_killed, ferry_with_env, num, text};
 use nfs_server::Scratch;
 use serde_json::Value;
 
@@ -29,6 +31,51 @@ fn names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// Names in a repository directory `dir`, sorted, without `locks` when it is empty (a
+/// benchmark, like a backup, leaves the directory its lock was in).
+fn repo_names(dir: &Path) -> Vec<String> {
+    let mut names = names(dir);
+    names.retain(|n| n != "locks" || !self::names(&dir.join(n)).is_empty());
+    names
+}
+
+/// Paths of the files (objects and temp files) under `dir`, sorted.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue; // removed meanwhile by the running benchmark
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(_) => files.push(entry.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The benchmark prefixes (`ferry-bench-…` directories) in repository directory `repo`.
+fn bench_dirs(repo: &Path) -> Vec<String> {
+    names(repo)
+        .into_iter()
+        .filter(|n| n.starts_with("ferry-bench-"))
+        .collect()
+}
+
+/// Objects (not temp files) a benchmark has stored under its prefix in `repo`.
+fn bench_objects(repo: &Path) -> usize {
+    bench_dirs(repo)
+        .iter()
+        .flat_map(|d| files_under(&repo.join(d)))
+        .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .count()
 }
 
 #[track_caller]
@@ -86,13 +133,134 @@ fn bench_into_a_local_repository_leaves_it_as_it_was() {
     let repo = tmp.path().join("repo");
     let repo_arg = repo.to_str().unwrap();
     ferry(&["init", "--repo", repo_arg]).success();
-    let before = names(&repo);
+    let before = repo_names(&repo);
     let report = bench(tmp.path(), &["--size", "16M", "--repo", repo_arg])
         .success()
         .json();
     assert_complete(&report);
-    assert_eq!(names(&repo), before);
+    assert_eq!(repo_names(&repo), before);
     assert_eq!(names(tmp.path()), ["repo"]);
+}
+
+/// A directory that holds no repository takes a benchmark too (no lock: no gc runs there),
+/// and is left empty.
+#[test]
+fn bench_into_an_empty_directory_that_is_no_repository_leaves_it_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("empty");
+    std::fs::create_dir(&dir).unwrap();
+    let report = bench(
+        tmp.path(),
+        &["--size", "16M", "--repo", dir.to_str().unwrap()],
+    )
+    .success()
+    .json();
+    assert_complete(&report);
+    assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+}
+
+/// `bench --repo` killed by SIGKILL mid-run leaves its objects, temp files and lock; a dry-run
+/// gc counts the objects and removes nothing, gc removes all of it, directories included.
+#[test]
+fn gc_removes_everything_a_benchmark_killed_by_sigkill_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let repo = tmp.path().join("repo");
+    let repo_arg = repo.to_str().unwrap();
+    ferry(&["init", "--repo", repo_arg]).success();
+    let before = repo_names(&repo);
+    let args = [
+        "bench",
+        "--size",
+        "256M",
+        "--chunk-size",
+        "1M",
+        "--json",
+        "--repo",
+        repo_arg,
+    ];
+    ferry_killed(&args, &[("TMPDIR", scratch.as_os_str())], || {
+        bench_objects(&repo) >= 4
+    });
+    let left = bench_objects(&repo);
+    assert_eq!(bench_dirs(&repo).len(), 1, "{:?}", names(&repo));
+    assert!(left >= 4, "{left}");
+    assert_eq!(
+        names(&repo.join("locks")).len(),
+        1,
+        "the dead benchmark's lock"
+    );
+
+    let dry = ferry(&["gc", "--dry-run", "--json", "--repo", repo_arg])
+        .success()
+        .json();
+    assert_eq!(num(&dry, "bench_objects_removed"), left as u64, "{dry:#}");
+    assert!(num(&dry, "bench_bytes") > 0, "{dry:#}");
+    assert_eq!(dry["bench_prefixes"], serde_json::json!(bench_dirs(&repo)));
+    assert_eq!(bench_objects(&repo), left, "a dry run removed something");
+
+    let gc = ferry(&["gc", "--json", "--repo", repo_arg])
+        .success()
+        .json();
+    assert_eq!(num(&gc, "bench_objects_removed"), left as u64, "{gc:#}");
+    assert!(bench_dirs(&repo).is_empty(), "{:?}", names(&repo));
+    assert_eq!(
+        repo_names(&repo),
+        before,
+        "gc left something of the benchmark"
+    );
+    assert_eq!(
+        files_under(&repo),
+        [repo.join("config")],
+        "only the config is left"
+    );
+    ferry(&["verify", "--repo", repo_arg]).success();
+    let again = ferry(&["gc", "--json", "--repo", repo_arg])
+        .success()
+        .json();
+    assert_eq!(num(&again, "bench_objects_removed"), 0, "{again:#}");
+}
+
+/// While a benchmark runs in a repository it holds a shared lock: gc is refused, naming it,
+/// and deletes nothing; the benchmark, stopped, removes its objects itself.
+#[test]
+fn gc_is_refused_while_a_benchmark_runs_in_the_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let repo = tmp.path().join("repo");
+    let repo_arg = repo.to_str().unwrap();
+    ferry(&["init", "--repo", repo_arg]).success();
+    let args = [
+        "bench",
+        "--size",
+        "256M",
+        "--chunk-size",
+        "1M",
+        "--json",
+        "--repo",
+        repo_arg,
+    ];
+    let refused = std::cell::RefCell::new(None);
+    let run = ferry_interrupted(&args, &[("TMPDIR", scratch.as_os_str())], "INT", || {
+        if bench_objects(&repo) == 0 {
+            return false;
+        }
+        let gc = ferry(&["gc", "--json", "--repo", repo_arg]);
+        *refused.borrow_mut() = Some((gc, bench_objects(&repo)));
+        true
+    });
+    run.interrupted_by("SIGINT", 130);
+    let (gc, objects_after_gc) = refused.into_inner().unwrap();
+    gc.error_line(&["bench (shared lock"]);
+    assert!(gc.stdout.is_empty(), "{gc}");
+    assert!(objects_after_gc > 0, "the benchmark's objects vanished");
+    assert!(bench_dirs(&repo).is_empty(), "{:?}", names(&repo));
+    let gc = ferry(&["gc", "--json", "--repo", repo_arg])
+        .success()
+        .json();
+    assert_eq!(num(&gc, "bench_objects_removed"), 0, "{gc:#}");
 }
 
 #[test]
@@ -119,13 +287,13 @@ fn bench_into_an_nfs_repository_removes_its_objects_and_directories() {
     let repo = format!("{}/repo", scratch.url);
     ferry(&["init", "--repo", &repo]).success();
     let local = scratch.local.join("repo");
-    let before = names(&local);
+    let before = repo_names(&local);
     let report = bench(tmp.path(), &["--size", "16M", "--repo", &repo])
         .success()
         .json();
     assert_complete(&report);
     assert_eq!(
-        names(&local),
+        repo_names(&local),
         before,
         "the benchmark left something in the repository"
     );

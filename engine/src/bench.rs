@@ -14,6 +14,14 @@
 //! of the best possible overlap the pipeline achieves; all stages count bytes of image data.
 //! `pipeline_stored / sink_put_stored` compares, in bytes stored, the pipeline's write rate
 //! with the sink's raw PUT rate.
+//!
+//! # Inside a repository
+//! Into an existing location, a benchmark writes only under its own throwaway prefix
+//! [`new_prefix`] (`ferry-bench-<8 hex>/`), a name no repository object takes, and removes it
+//! at its end. Into a repository it holds a shared lock (operation `bench`) the whole time, so
+//! gc, which runs under the exclusive lock, never sweeps a running benchmark's objects; and
+//! every object under a benchmark prefix that gc finds ([`is_bench_key`]) was left by a
+//! benchmark that died without cleaning up (SIGKILL, a crash), which gc removes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,6 +38,31 @@ use crate::error::EngineError;
 use crate::progress::NoProgress;
 use crate::reader::{BufferPool, ImageSource, ReaderOptions, ReaderOutput, run_reader};
 use crate::repository::Repository;
+
+/// How the throwaway prefix of every benchmark run starts.
+pub const BENCH_PREFIX: &str = "ferry-bench-";
+
+/// A fresh throwaway prefix for one benchmark run: [`BENCH_PREFIX`] and 8 random hex digits
+/// (a valid key, without a trailing `/`).
+pub fn new_prefix() -> String {
+    format!("{BENCH_PREFIX}{:08x}", rand::random::<u32>())
+}
+
+/// The benchmark prefix `key` lies under (`ferry-bench-0123abcd`), if it lies under one made
+/// by [`new_prefix`].
+pub fn bench_prefix_of(key: &str) -> Option<&str> {
+    let (prefix, rest) = key.split_once('/')?;
+    let hex = prefix.strip_prefix(BENCH_PREFIX)?;
+    let ours = hex.len() == 8
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && !rest.is_empty();
+    ours.then_some(prefix)
+}
+
+/// Whether `key` is an object of a benchmark run (see [`bench_prefix_of`]).
+pub fn is_bench_key(key: &str) -> bool {
+    bench_prefix_of(key).is_some()
+}
 
 /// Throughput of one stage.
 #[derive(Debug, Clone, Serialize)]
@@ -277,4 +310,31 @@ fn parallel<T: Sync, S: Default>(
             .into_iter()
             .try_for_each(|h| h.join().expect("bench thread panicked"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_keys_are_only_those_under_a_made_prefix() {
+        let prefix = new_prefix();
+        let key = format!("{prefix}/chunks/ab/cd");
+        assert_eq!(bench_prefix_of(&key), Some(prefix.as_str()));
+        assert!(ferry_sinks::ObjectKey::new(&prefix).is_ok());
+        assert!(is_bench_key("ferry-bench-0123abcd/config"));
+        for other in [
+            "ferry-bench-0123abcd",
+            "ferry-bench-0123abcd/",
+            "ferry-bench-0123ABCD/config",
+            "ferry-bench-0123abc/config",
+            "ferry-bench-0123abcde/config",
+            "ferry-bench-notes/config",
+            "ferry-benchmark/x",
+            "chunks/ab/ferry-bench-0123abcd/x",
+            "config",
+        ] {
+            assert!(!is_bench_key(other), "{other}");
+        }
+    }
 }

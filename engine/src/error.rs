@@ -85,7 +85,7 @@ pub enum EngineError {
     #[error("operation cancelled")]
     Cancelled,
     #[error(
-        "the repository is locked by {holder}; garbage collection runs only when no backup does (retry when it has finished)"
+        "the repository is locked by {holder}; garbage collection runs only when no backup, benchmark or quarantining verify does (retry when it has finished)"
     )]
     Locked { holder: String },
     #[error(

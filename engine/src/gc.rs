@@ -10,17 +10,23 @@
 //! [`crate::verify`]) whose chunk is stored again, or that no snapshot needs, are cleared.
 //! Leftovers of interrupted puts (temp files a killed backup left on a local directory or NFS
 //! export, see [`ferry_sinks::leftover`]) are removed: every writer of the repository holds a
-//! lock, so under the exclusive one no put is running. A gc
+//! lock, so under the exclusive one no put is running. For the same reason every object under
+//! a benchmark's throwaway prefix ([`crate::bench`], `ferry-bench-<8 hex>/`) belongs to a
+//! benchmark that died without removing it (a running one holds a shared lock): gc deletes
+//! them too. Chunks and benchmark objects are found in one listing of the whole repository,
+//! which costs what the listing of `chunks/` alone would (an S3 listing of a prefix ending
+//! mid-name lists the enclosing one anyway). A gc
 //! killed at any point leaves a repository whose snapshots are all complete (it only deletes
 //! unreferenced chunks) and whose lock goes stale; the next gc finishes the job.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_sinks::{Leftover, ObjectMeta};
 use serde::Serialize;
 
+use crate::bench::bench_prefix_of;
 use crate::chunk_id::ChunkId;
 use crate::error::EngineError;
 use crate::lock::{LockKind, RepoLock};
@@ -48,6 +54,12 @@ pub struct GcReport {
     /// bytes.
     pub leftovers_removed: u64,
     pub leftover_bytes: u64,
+    /// Throwaway prefixes of benchmarks that died without removing them (`ferry-bench-…`),
+    /// sorted, and their objects removed (with `dry_run`: that would be) and bytes. Their
+    /// directories (local, NFS) are the caller's to remove: a sink has no directories.
+    pub bench_prefixes: Vec<String>,
+    pub bench_objects_removed: u64,
+    pub bench_bytes: u64,
 }
 
 /// Deletes every unreferenced chunk of `repo`. With `dry_run` it only counts what it would do
@@ -83,8 +95,18 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     };
     let mut doomed: Vec<ObjectMeta> = Vec::new();
     let mut stored = HashSet::new();
-    for meta in repo.sink().list(CHUNKS_PREFIX)? {
+    let mut bench_objects: Vec<ObjectMeta> = Vec::new();
+    let mut bench_prefixes = BTreeSet::new();
+    for meta in repo.sink().list("")? {
         let meta = meta?;
+        if let Some(prefix) = bench_prefix_of(meta.key.as_str()) {
+            bench_prefixes.insert(prefix.to_owned());
+            bench_objects.push(meta);
+            continue;
+        }
+        if !meta.key.as_str().starts_with(CHUNKS_PREFIX) {
+            continue;
+        }
         let Some(id) = Repository::chunk_id_of_key(meta.key.as_str()) else {
             continue;
         };
@@ -108,6 +130,9 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     report.quarantine_cleared = cleared.len() as u64;
     report.leftovers_removed = leftovers.len() as u64;
     report.leftover_bytes = leftovers.iter().map(Leftover::size).sum();
+    report.bench_prefixes = bench_prefixes.into_iter().collect();
+    report.bench_objects_removed = bench_objects.len() as u64;
+    report.bench_bytes = bench_objects.iter().map(|m| m.size).sum();
     let Some(lock) = lock else {
         return Ok(report);
     };
@@ -117,6 +142,7 @@ pub fn gc(repo: &Repository, dry_run: bool) -> Result<GcReport, EngineError> {
     }
     delete_all(repo, &doomed)?;
     delete_all(repo, &cleared)?;
+    delete_all(repo, &bench_objects)?;
     Ok(report)
 }
 

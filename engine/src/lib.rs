@@ -20,7 +20,8 @@
 //! | `chunks/<hh>/<id>` | one chunk object ([`chunk_codec`]): magic `FRYC`, version, codec, raw length, payload | by backups, put-if-absent, never modified |
 //! | `snapshots/<sid>` | one manifest ([`manifest`]): magic `FERRYSNP`, version 2 (1 still read), JSON metadata, per-disk index of chunk ids as runs of ids and of all-zero chunks, BLAKE3 trailer | last step of a backup, put-if-absent; deleted by `forget` |
 //! | `quarantine/<id>` | the bytes of a chunk object `verify --quarantine` found corrupt (empty: found missing), kept for inspection | by verify, before it removes `chunks/…/<id>`; cleared by gc once the chunk is stored again; never read by restore |
-//! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
+//! | `locks/<32 hex>` | JSON [`lock::LockInfo`]: shared (backup, bench, quarantining verify) or exclusive (gc), operation, host, pid | while a backup or gc runs; rewritten every 5 minutes; deleted at its end |
+//! | `ferry-bench-<8 hex>/…` | a running benchmark's throwaway objects ([`bench`]) | by `ferry bench` under its shared lock; removed by it at its end, or by gc after it died |
 //!
 //! `<id>` is the 64-hex BLAKE3 of the chunk's raw bytes and `<hh>` its first two digits.
 //! `<sid>` is the first 16 hex digits of the BLAKE3 of the manifest bytes. All-zero chunks are
@@ -57,7 +58,8 @@
 //! | restore, verify, list | none | anything | read only |
 //! | forget | none | anything | deletes manifests only, never a chunk |
 //! | verify --quarantine | shared | backup, restore, verify, list, forget | moves only chunks that fail their hash; a backup meanwhile may name such a chunk (missing now instead of corrupt), and the next backup of its data stores it again |
-//! | gc | exclusive | restore, plain verify, list, forget | deletes chunks no manifest names and leftovers of interrupted puts; no backup or quarantining verify is running, so no put is |
+//! | bench (into a repository) | shared | backup, restore, verify, list, forget | writes only under its own `ferry-bench-<hex>/` prefix, which it removes at its end |
+//! | gc | exclusive | restore, plain verify, list, forget | deletes chunks no manifest names, leftovers of interrupted puts and the prefixes of dead benchmarks; no backup, benchmark or quarantining verify is running, so no put is |
 //!
 //! A backup relies on three kinds of chunks: those it uploads, those put-if-absent finds
 //! already stored, and those it takes as known from the previous snapshot of its name without

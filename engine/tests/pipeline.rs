@@ -654,6 +654,82 @@ fn gc_removes_temp_files_of_interrupted_puts() {
     assert_eq!(gc(&repo, false).unwrap().leftovers_removed, 0);
 }
 
+/// Objects under a benchmark's throwaway prefix (as a benchmark killed by SIGKILL leaves
+/// them) are counted by a dry-run gc and deleted by gc; look-alike keys, snapshots and chunks
+/// are left alone. While a benchmark holds its shared lock, gc is refused and deletes nothing.
+#[test]
+fn gc_removes_what_an_abandoned_benchmark_left_and_nothing_while_one_runs() {
+    use ferry_engine::bench::new_prefix;
+    use ferry_engine::lock::{LockKind, RepoLock};
+    use ferry_sinks::PutMode;
+    use ferry_sinks::prefixed::Prefixed;
+
+    let dir = tempfile::tempdir().unwrap();
+    let memory: Arc<dyn Sink> = Arc::new(MemorySink::new());
+    let repo = new_repo(Arc::clone(&memory));
+    let image = write_image(dir.path(), "a.img", 80);
+    let done = back_up(&repo, "a", image.clone());
+    let chunks_before = chunk_count(&*memory);
+    let prefixes = [new_prefix(), new_prefix()];
+    for prefix in &prefixes {
+        // What a benchmark writes: its own repository, a chunk, a raw sample object.
+        let bench = Prefixed::new(Arc::clone(&memory), prefix).unwrap();
+        let inner = Repository::init(Arc::new(bench), CHUNK).unwrap();
+        for (key, len) in [("bench-objects/ab", 100), ("chunks/00/11", 30)] {
+            let key = ObjectKey::new(key).unwrap();
+            inner
+                .sink()
+                .put(&key, &vec![1; len], PutMode::Create)
+                .unwrap();
+        }
+    }
+    let look_alike = ObjectKey::new("ferry-bench-notes/readme").unwrap();
+    memory.put(&look_alike, b"mine", PutMode::Create).unwrap();
+    let bench_metas = || -> Vec<_> {
+        memory
+            .list("ferry-bench-")
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|m| m.key != look_alike)
+            .collect()
+    };
+    let bench_objects = || bench_metas().len();
+    assert_eq!(bench_objects(), 6);
+    let bytes: u64 = bench_metas().iter().map(|m| m.size).sum();
+
+    let running = RepoLock::acquire(&repo, LockKind::Shared, "bench").unwrap();
+    let err = gc(&repo, false).unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Locked { holder } if holder.starts_with("bench")),
+        "{err}"
+    );
+    assert_eq!(
+        bench_objects(),
+        6,
+        "gc deleted a running benchmark's objects"
+    );
+    drop(running);
+
+    let dry = gc(&repo, true).unwrap();
+    let mut expected = prefixes.to_vec();
+    expected.sort();
+    assert_eq!(dry.bench_prefixes, expected);
+    assert_eq!(dry.bench_objects_removed, 6);
+    assert_eq!(dry.bench_bytes, bytes);
+    assert_eq!(bench_objects(), 6, "a dry run deleted something");
+
+    let swept = gc(&repo, false).unwrap();
+    assert_eq!(swept.bench_prefixes, expected);
+    assert_eq!(swept.bench_objects_removed, 6);
+    assert_eq!(swept.chunks_deleted, 0);
+    assert_eq!(bench_objects(), 0);
+    assert_eq!(memory.get(&look_alike).unwrap(), b"mine");
+    assert_eq!(chunk_count(&*memory), chunks_before);
+    assert_verifies_clean(&repo);
+    assert_restores_to(&repo, &done.snapshot, &image);
+    assert_eq!(gc(&repo, false).unwrap().bench_objects_removed, 0);
+}
+
 /// A quarantining verify writes to the repository, so it holds a shared lock: gc is refused
 /// while it runs (here: while its quarantine put is held at a gate) and runs after it.
 #[test]

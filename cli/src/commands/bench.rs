@@ -7,9 +7,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use crossbeam_channel::TryRecvError;
 use ferry_engine::backup::BackupOptions;
-use ferry_engine::bench::run_bench;
+use ferry_engine::bench::{new_prefix, run_bench};
 use ferry_engine::config::check_chunk_size;
+use ferry_engine::lock::{LockKind, RepoLock};
 use ferry_engine::sample::generate;
+use ferry_engine::{EngineError, Repository};
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
 use ferry_sinks::nfs::NfsSink;
@@ -49,29 +51,35 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.cold {
         drop_page_cache()?;
     }
-    let prefix = format!("ferry-bench-{:08x}", rand::random::<u32>());
+    let prefix = new_prefix();
     let mut nfs_dirs = None;
-    let (sink, cleanup_dir): (Arc<dyn Sink>, Option<PathBuf>) = match &args.repo {
-        None => (Arc::new(LocalSink::create(scratch.0.join("repo"))?), None),
-        Some(url) => match RepoUrl::parse(url)? {
-            // Object stores and filers: a throwaway prefix of the repository.
-            RepoUrl::Nfs(config) => {
-                let nfs = Arc::new(NfsSink::open(&config)?);
-                nfs_dirs = Some(Arc::clone(&nfs));
-                (Arc::new(Prefixed::new(nfs, &prefix)?), None)
-            }
-            repo @ RepoUrl::S3 { .. } => (Arc::new(Prefixed::new(repo.open()?, &prefix)?), None),
-            RepoUrl::Local(path) => {
-                ensure!(
-                    path.is_dir(),
-                    "{} is not a directory: bench writes its objects under a throwaway prefix \
-                     of an existing repository, and creates none",
-                    path.display()
-                );
-                let dir = path.join(format!(".{prefix}"));
-                (Arc::new(LocalSink::create(&dir)?), Some(dir))
-            }
-        },
+    let mut cleanup_dir = None;
+    let mut lock = None;
+    let sink: Arc<dyn Sink> = match &args.repo {
+        None => Arc::new(LocalSink::create(scratch.0.join("repo"))?),
+        Some(url) => {
+            let outer: Arc<dyn Sink> = match RepoUrl::parse(url)? {
+                RepoUrl::Nfs(config) => {
+                    let nfs = Arc::new(NfsSink::open(&config)?);
+                    nfs_dirs = Some(Arc::clone(&nfs));
+                    nfs
+                }
+                repo @ RepoUrl::S3 { .. } => repo.open()?,
+                RepoUrl::Local(path) => {
+                    ensure!(
+                        path.is_dir(),
+                        "{} is not a directory: bench writes its objects under a throwaway \
+                         prefix of an existing repository, and creates none",
+                        path.display()
+                    );
+                    cleanup_dir = Some(path.join(&prefix));
+                    Arc::new(LocalSink::open(&path)?)
+                }
+            };
+            // Before anything is written: gc must not sweep this run's objects.
+            lock = lock_if_repository(&outer, url)?;
+            Arc::new(Prefixed::new(outer, &prefix)?)
+        }
     };
     let mut options = BackupOptions::new("bench");
     options.chunk_size = check_chunk_size(args.chunk_size)?;
@@ -95,6 +103,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     {
         log::warn!("cannot remove the benchmark's directories {prefix}/: {e}");
     }
+    drop(lock);
     drop(scratch);
     let report = result.context("benchmark failed")?;
     if args.json {
@@ -127,6 +136,20 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A shared lock on the repository at `outer`, held while the benchmark writes under its
+/// prefix there, so that gc neither sweeps its objects nor removes its temp files meanwhile.
+/// A location that holds no repository (a bucket or directory to be measured before `init`)
+/// gets none: no gc runs there, and `init` refuses it while the benchmark's objects are there.
+fn lock_if_repository(outer: &Arc<dyn Sink>, url: &str) -> Result<Option<RepoLock>> {
+    match Repository::open(Arc::clone(outer)) {
+        Ok(repo) => RepoLock::acquire(&repo, LockKind::Shared, "bench")
+            .map(Some)
+            .with_context(|| format!("cannot lock repository {url}")),
+        Err(EngineError::NotARepository { .. }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open repository {url}")),
+    }
+}
+
 /// A private scratch directory (0700), removed with everything in it when dropped, however
 /// the benchmark ends.
 struct Scratch(PathBuf);
@@ -134,7 +157,7 @@ struct Scratch(PathBuf);
 impl Scratch {
     fn create(base: &std::path::Path) -> Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = base.join(format!("ferry-bench-{:08x}", rand::random::<u32>()));
+        let dir = base.join(new_prefix());
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)

@@ -190,6 +190,34 @@ pub fn ferry_interrupted<S: AsRef<OsStr>>(
     )
 }
 
+/// Runs `ferry ARGS` (environment as [`ferry_with_env`]) and kills it with SIGKILL as soon as
+/// `ready()` holds, as a crash or `kill -9` would end it: nothing of its own cleanup runs.
+/// Panics if ferry ends before `ready()` held.
+#[track_caller]
+pub fn ferry_killed<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)], ready: impl Fn() -> bool) {
+    let mut child = ferry_command(args, env)
+        .spawn()
+        .expect("run the ferry binary");
+    // Waits for a condition, not for time: the pause only keeps the poll from spinning.
+    while !ready() {
+        if child.try_wait().expect("poll ferry").is_some() {
+            let output = child.wait_with_output().expect("collect ferry's output");
+            panic!(
+                "ferry ended before the moment to kill it\n{}",
+                Run::of(args, &output)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().expect("SIGKILL ferry");
+    let status = child.wait().expect("reap ferry");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "ferry was not killed: {status:?}"
+    );
+}
+
 /// The run of `ferry ARGS` that produced `output`, after checking that ferry exited (else
 /// panics with `killed`) and did not panic.
 #[track_caller]

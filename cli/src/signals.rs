@@ -3,7 +3,10 @@
 //! The first signal disconnects the cancel channel: every holder of the receiver (the engine's
 //! pipeline, the restore, the benchmark, the push job's wait loop) sees it at once and stops,
 //! so the domain is merged back and temporary files removed before ferry exits. Later signals
-//! are reported and otherwise ignored: cleanup is never interrupted halfway. A command that
+//! are reported and otherwise ignored: cleanup is never interrupted halfway. The first signal
+//! also ends the retries of remote repositories ([`ferry_sinks::retry::stop_retrying`]): an
+//! S3 server or NFS filer that is away must not hold the stop for a retry deadline. Commands
+//! install the handlers before they open the repository, so this holds while opening too. A command that
 //! failed after a signal exits with status 128 + the signal's number (130 for SIGINT), as
 //! shells do.
 
@@ -28,6 +31,8 @@ pub fn cancel_on_signal() -> anyhow::Result<Receiver<()>> {
                 let _ = RECEIVED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
                 if let Some(tx) = sender.take() {
                     log::warn!("{}: stopping; cleaning up first", name(signal));
+                    // A repository that is away must not hold the stop for a retry deadline.
+                    ferry_sinks::retry::stop_retrying();
                     drop(tx);
                 } else {
                     log::warn!("{}: still cleaning up, please wait", name(signal));

@@ -3,12 +3,16 @@
 mod common;
 #[path = "../../sinks/tests/support/s3_server.rs"]
 mod s3_server;
+#[path = "../../sinks/tests/support/tcp_proxy.rs"]
+#[allow(dead_code)]
+mod tcp_proxy;
 
 use std::ffi::OsStr;
 use std::path::Path;
 
 use common::{Run, exercise_bit_rot, exercise_repository, ferry_with_env};
 use s3_server::{S3Server, SECRET_KEY, server};
+use tcp_proxy::TcpProxy;
 
 /// Runs ferry with the server's AWS variables.
 fn s3_ferry(s3: &S3Server, args: &[&str]) -> Run {
@@ -104,4 +108,44 @@ fn unusable_settings_are_named() {
     assert!(!run.stderr.contains("pass-in-url"), "{line}");
     with("FERRY_RETRY_TIMEOUT", "2m")
         .error_line(&["FERRY_RETRY_TIMEOUT", "whole number of seconds"]);
+}
+
+/// SIGINT while the S3 server is away: the stop ends the retries at once (exit 130), instead of
+/// waiting out the 120 s retry deadline.
+#[test]
+fn an_interrupt_during_an_outage_ends_the_retries() {
+    let s3 = server();
+    let bucket = s3.bucket("outage-interrupt");
+    let repo = format!("s3://{bucket}/r");
+    s3_ferry(s3, &["init", "--repo", &repo]).success();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
+
+    let proxy = TcpProxy::start(
+        s3.endpoint
+            .strip_prefix("http://")
+            .unwrap()
+            .parse()
+            .unwrap(),
+    );
+    proxy.go_down();
+    let mut env = s3.env();
+    for (k, v) in env.iter_mut() {
+        if *k == "AWS_ENDPOINT_URL" {
+            *v = format!("http://127.0.0.1:{}", proxy.port);
+        }
+    }
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
+    let args = [
+        "backup",
+        "--repo",
+        &repo,
+        "--image",
+        image.to_str().unwrap(),
+    ];
+    let run = common::ferry_interrupted(&args, &env, "INT", || proxy.refused() >= 2);
+    let line = run.interrupted_by("SIGINT", 130);
+    assert!(line.contains("stopping"), "{run}");
+    assert!(run.stderr.contains("retrying for up to 120 s"), "{run}");
 }

@@ -8,13 +8,17 @@
 //! server that stays away fails the operation after a known time. A try already running when
 //! the deadline passes is not cut short (each backend bounds one try by its own timeout).
 //!
+//! A process that is stopping (ferry got SIGINT, SIGTERM or SIGHUP) calls [`stop_retrying`]:
+//! waits between tries end at once and no new try starts, so an outage cannot hold an orderly
+//! stop for the whole deadline.
+//!
 //! While a sink retries, the user hears about it: the first transient failure is logged as a
 //! warning naming the location, the operation and the failure, and later ones at most every
 //! [`WARNING_INTERVAL`], so many uploader threads meeting one outage print one line, not one
 //! each.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::SinkError;
@@ -24,6 +28,34 @@ use crate::SinkError;
 pub const DEADLINE_ENV: &str = "FERRY_RETRY_TIMEOUT";
 /// Shortest time between two retry warnings of one sink.
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether [`stop_retrying`] was called, and the waits it wakes.
+static STOPPING: Mutex<bool> = Mutex::new(false);
+static STOPPING_CHANGED: Condvar = Condvar::new();
+
+/// Ends every retry in this process: waiting operations fail at once with their last error,
+/// and no operation retries from now on. For a process that is stopping.
+pub fn stop_retrying() {
+    *STOPPING.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    STOPPING_CHANGED.notify_all();
+}
+
+/// Waits `duration` unless [`stop_retrying`] is (or gets) called; true if it was.
+fn wait_unless_stopping(duration: Duration) -> bool {
+    let deadline = Instant::now() + duration;
+    let mut stopping = STOPPING.lock().unwrap_or_else(PoisonError::into_inner);
+    while !*stopping {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stopping = STOPPING_CHANGED
+            .wait_timeout(stopping, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    true
+}
 
 /// When a transiently failing operation is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +125,17 @@ pub(crate) struct GaveUp<E> {
     pub(crate) error: E,
     pub(crate) tries: u32,
     pub(crate) elapsed: Duration,
+    /// Retrying ended because the process is stopping.
+    pub(crate) stopped: bool,
 }
 
 impl<E> GaveUp<E> {
-    /// " (gave up after 7 tries in 121 s)" when the operation was retried, else "".
+    /// " (gave up after 7 tries in 121 s)" when the operation was retried, " (not retried:
+    /// stopping)" when a stop ended it, else "".
     pub(crate) fn retried_suffix(&self) -> String {
-        if self.tries > 1 {
+        if self.stopped {
+            format!(" (retrying ended after {} tries: stopping)", self.tries)
+        } else if self.tries > 1 {
             format!(
                 " (gave up after {} tries in {:.0} s)",
                 self.tries,
@@ -162,15 +199,19 @@ impl Retrier {
                 Err(error) => error,
             };
             let wait = self.policy.backoff(tries);
+            let gave_up = |error, stopped| GaveUp {
+                error,
+                tries,
+                elapsed: started.elapsed(),
+                stopped,
+            };
             if !transient(&error) || started.elapsed() + wait > self.policy.deadline {
-                return Err(GaveUp {
-                    error,
-                    tries,
-                    elapsed: started.elapsed(),
-                });
+                return Err(gave_up(error, false));
             }
             self.warn(op, key, &error, tries);
-            std::thread::sleep(wait);
+            if wait_unless_stopping(wait) {
+                return Err(gave_up(error, true));
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 mod nfs_server;
 #[path = "support/tcp_proxy.rs"]
+#[allow(dead_code)]
 mod tcp_proxy;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

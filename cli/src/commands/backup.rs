@@ -15,17 +15,20 @@ use crate::progress::Bar;
 use crate::size::human;
 
 pub fn run(args: BackupArgs) -> Result<ExitCode> {
+    // Before the repository is opened: a signal also ends the retries of a repository that
+    // is away (see `signals`).
+    let cancel = crate::signals::cancel_on_signal()?;
     let repo = open_repo(&args.repo)?;
     let report = match (&args.image, &args.domain) {
         (Some(image), None) => {
             let disk_name = disk_name_of(image)?;
             let mut options = engine_options(&args, &repo, &disk_name)?;
-            options.cancel = Some(crate::signals::cancel_on_signal()?);
+            options.cancel = Some(cancel);
             let disks = [DiskSource::new(disk_name, image.clone())];
             backup(&repo, &disks, &options, &Bar::new(args.json))
                 .with_context(|| format!("backup of {} failed", image.display()))?
         }
-        (None, Some(domain)) => backup_domain::run(&args, &repo, domain)?,
+        (None, Some(domain)) => backup_domain::run(&args, &repo, domain, cancel)?,
         _ => bail!("give exactly one of --image and --domain"),
     };
     print_report(&report, args.json)?;

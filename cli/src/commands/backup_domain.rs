@@ -3,6 +3,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::Receiver;
 use ferry_engine::Repository;
 use ferry_engine::backup::{BackupReport, DiskSource, copy};
 
@@ -18,7 +19,13 @@ use crate::libvirt::{
 };
 use crate::progress::Bar;
 
-pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupReport> {
+/// `cancel` disconnects on the first SIGINT, SIGTERM or SIGHUP.
+pub fn run(
+    args: &BackupArgs,
+    repo: &Repository,
+    name: &str,
+    cancel: Receiver<()>,
+) -> Result<BackupReport> {
     let hv = Hypervisor::open(&args.connect.connect)?;
     let domain = hv.domain(name)?;
     let uuid = domain.uuid_string().map_err(ffi::LibvirtError::from)?;
@@ -42,7 +49,6 @@ pub fn run(args: &BackupArgs, repo: &Repository, name: &str) -> Result<BackupRep
     }
     let mut options = engine_options(args, repo, name)?;
     options.domain_xml = Some(xml);
-    let cancel = crate::signals::cancel_on_signal()?;
     options.cancel = Some(cancel.clone());
     let bar = Bar::new(args.json);
     let hook_cmd = args.hook.as_deref();

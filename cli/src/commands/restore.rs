@@ -14,13 +14,16 @@ use crate::progress::Bar;
 use crate::size::human;
 
 pub fn run(args: RestoreArgs) -> Result<ExitCode> {
+    // Before the repository is opened: a signal also ends the retries of a repository that
+    // is away (see `signals`).
+    let cancel = crate::signals::cancel_on_signal()?;
     let repo = open_repo(&args.repo)?;
     let id = repo.resolve_snapshot(&args.snapshot)?;
     let snapshot = repo.load_snapshot(&id)?;
     let options = RestoreOptions {
         threads: args.threads,
         overwrite: args.force,
-        cancel: Some(crate::signals::cancel_on_signal()?),
+        cancel: Some(cancel),
     };
     let bar = Bar::new(args.json);
     // Without --disk, a domain snapshot (or any of several disks) restores into a directory.

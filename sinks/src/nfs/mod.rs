@@ -76,10 +76,15 @@ pub struct NfsConfig {
 }
 
 impl NfsConfig {
-    /// `nfs://host[:port]/path` of this configuration.
+    /// `nfs://host[:port]/path` of this configuration; an IPv6 host in brackets.
     pub fn url(&self) -> String {
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
-        format!("nfs://{}{port}/{}", self.host, self.path.join("/"))
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("nfs://{host}{port}/{}", self.path.join("/"))
     }
 }
 
@@ -552,5 +557,21 @@ impl Sink for NfsSink {
 
     fn location(&self) -> String {
         self.location.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_put_ipv6_hosts_in_brackets() {
+        let config = |host: &str, port| NfsConfig {
+            host: host.into(),
+            port,
+            path: vec!["srv".into(), "repo".into()],
+        };
+        assert_eq!(config("::1", Some(2049)).url(), "nfs://[::1]:2049/srv/repo");
+        assert_eq!(config("filer", None).url(), "nfs://filer/srv/repo");
     }
 }

@@ -76,6 +76,11 @@ impl TcpProxy {
         self.state.lock().down = false;
     }
 
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.state.lock().refused
+    }
+
     /// Waits until `n` connections have been refused in all.
     pub fn wait_for_refused(&self, n: u64) {
         let deadline = Instant::now() + WAIT_LIMIT;

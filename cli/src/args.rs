@@ -16,8 +16,31 @@ pub struct Cli {
     /// More log output on stderr (repeat for debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    #[command(flatten)]
+    pub s3: S3Args,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Settings of `s3://` repositories; each wins over its AWS environment variable.
+#[derive(Args, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL, e.g. http://127.0.0.1:9000 (default: $AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: $AWS_REGION, $AWS_DEFAULT_REGION, else us-east-1).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub s3_region: Option<String>,
+    /// S3 access key id (default: $AWS_ACCESS_KEY_ID).
+    #[arg(long, global = true, value_name = "ID")]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the S3 secret access key, on its first line (default: $AWS_SECRET_ACCESS_KEY).
+    /// The key itself is never a flag: it would show in `ps`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub s3_secret_access_key_file: Option<std::path::PathBuf>,
+    /// Allow a plain-HTTP S3 endpoint (default: $AWS_ALLOW_HTTP=true).
+    #[arg(long, global = true)]
+    pub s3_allow_http: bool,
 }
 
 #[derive(Subcommand)]
@@ -42,6 +65,24 @@ pub enum Command {
     GenImage(GenImageArgs),
     /// Merge back every temporary overlay a Ferry backup left a running domain on.
     Recover(RecoverArgs),
+}
+
+impl Command {
+    /// Whether the command was asked for JSON output (`--json`).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Init(a) => a.json,
+            Command::Backup(a) => a.json,
+            Command::List(a) => a.json,
+            Command::Forget(a) => a.json,
+            Command::Gc(a) => a.json,
+            Command::Restore(a) => a.json,
+            Command::Verify(a) => a.json,
+            Command::Bench(a) => a.json,
+            Command::GenImage(a) => a.json,
+            Command::Recover(a) => a.json,
+        }
+    }
 }
 
 /// Where the repository is.

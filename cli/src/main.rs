@@ -11,6 +11,7 @@ mod libvirt;
 mod logger;
 mod progress;
 mod repo_url;
+mod s3_settings;
 mod signals;
 mod size;
 
@@ -26,6 +27,8 @@ pub const EXIT_DAMAGED: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init(cli.verbose);
+    s3_settings::set_flags(cli.s3);
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),
         Command::Backup(a) => commands::backup::run(a),
@@ -38,23 +41,28 @@ fn main() -> ExitCode {
         Command::GenImage(a) => commands::gen_image::run(a),
         Command::Recover(a) => commands::recover::run(a),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => match signals::received() {
-            Some(signal) => {
-                eprintln!(
-                    "ferry: error: interrupted by {}: {}",
-                    signals::name(signal),
-                    error_line(&e)
-                );
-                ExitCode::from(128 + signal as u8)
-            }
-            None => {
-                eprintln!("ferry: error: {}", error_line(&e));
-                ExitCode::FAILURE
-            }
-        },
+    let e = match result {
+        Ok(code) => return code,
+        Err(e) => e,
+    };
+    let (message, status) = match signals::received() {
+        Some(signal) => (
+            format!(
+                "interrupted by {}: {}",
+                signals::name(signal),
+                error_line(&e)
+            ),
+            128 + signal as u8,
+        ),
+        None => (error_line(&e), 1),
+    };
+    eprintln!("ferry: error: {message}");
+    if json {
+        // A script reading --json output gets a document for a failure too.
+        let document = serde_json::json!({ "error": message, "exit_status": status });
+        println!("{document}");
     }
+    ExitCode::from(status)
 }
 
 /// The error and its causes on one line, without repeating a cause the message already holds.

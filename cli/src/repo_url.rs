@@ -1,6 +1,6 @@
 //! Repository locations: `PATH` or `file://PATH` (a local directory), `s3://BUCKET[/PREFIX]`
-//! (S3 or an S3-compatible store; endpoint, region and credentials from the AWS environment
-//! variables), `nfs://HOST[:PORT]/PATH` (a directory on an NFS export, over NFSv3 from user
+//! (S3 or an S3-compatible store; endpoint, region and credentials from flags or the AWS
+//! environment variables, see [`crate::s3_settings`]), `nfs://HOST[:PORT]/PATH` (a directory on an NFS export, over NFSv3 from user
 //! space; `PATH` is the export's path followed by the directory inside it; `HOST` is a name, an
 //! IPv4 address or an IPv6 address in brackets, `nfs://[::1]:2049/export`).
 //!
@@ -18,7 +18,7 @@ use anyhow::{Result, bail};
 use ferry_sinks::Sink;
 use ferry_sinks::local::LocalSink;
 use ferry_sinks::nfs::{NfsConfig, NfsSink};
-use ferry_sinks::s3::{S3Config, S3Sink};
+use ferry_sinks::s3::S3Sink;
 
 /// A parsed repository location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +84,9 @@ impl RepoUrl {
                 }
                 Ok(Arc::new(LocalSink::open(path)?))
             }
-            RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Sink::open(&S3Config::from_env(
-                bucket, prefix,
-            )?)?)),
+            RepoUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Sink::open(
+                &crate::s3_settings::config(bucket, prefix)?,
+            )?)),
             RepoUrl::Nfs(config) => Ok(Arc::new(NfsSink::open(config)?)),
         }
     }

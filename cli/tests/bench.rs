@@ -254,7 +254,7 @@ fn gc_is_refused_while_a_benchmark_runs_in_the_repository() {
     run.interrupted_by("SIGINT", 130);
     let (gc, objects_after_gc) = refused.into_inner().unwrap();
     gc.error_line(&["bench (shared lock"]);
-    assert!(gc.stdout.is_empty(), "{gc}");
+    gc.assert_only_error_document();
     assert!(objects_after_gc > 0, "the benchmark's objects vanished");
     assert!(bench_dirs(&repo).is_empty(), "{:?}", names(&repo));
     let gc = ferry(&["gc", "--json", "--repo", repo_arg])

@@ -95,10 +95,7 @@ impl Damaged {
         let target = out.join("restored.img");
         let run = self.fx.restore(snapshot, &target, &[]);
         let line = run.error_line(needles);
-        assert!(
-            run.stdout.is_empty(),
-            "no report for a failed restore\n{run}"
-        );
+        run.assert_only_error_document();
         assert_no_restore_leftovers(&target);
         assert!(dir_names(&out).is_empty(), "{:?}", dir_names(&out));
         line

@@ -549,3 +549,20 @@ fn init_and_gen_image_name_what_is_in_the_way() {
         .error_line(&["writing sample image", "No space"]);
     assert!(!out.exists(), "a partial sample image was left");
 }
+
+/// With --json a failure is a JSON document on stdout too, naming the error and the exit
+/// status, besides the error line on stderr.
+#[test]
+fn json_runs_print_a_document_for_an_error() {
+    let fx = Fixture::new();
+    let missing = fx.path("no-repo-here");
+    let run = ferry(&["list", "--json", "--repo", missing.to_str().unwrap()]);
+    let line = run.error_line(&["does not exist"]);
+    let document = run.json();
+    assert_eq!(document["exit_status"], 1, "{run}");
+    assert_eq!(
+        format!("ferry: error: {}", document["error"].as_str().unwrap()),
+        line,
+        "{run}"
+    );
+}

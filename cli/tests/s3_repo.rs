@@ -8,6 +8,7 @@ mod s3_server;
 mod tcp_proxy;
 
 use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{Run, exercise_bit_rot, exercise_repository, ferry_with_env};
@@ -100,9 +101,9 @@ fn unusable_settings_are_named() {
         let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
         ferry_with_env(&["list", "--repo", &repo], &env)
     };
-    with("AWS_ENDPOINT_URL", "127.0.0.1:9000").error_line(&["AWS_ENDPOINT_URL", "not a valid URL"]);
-    with("AWS_ENDPOINT_URL", "http://[::1").error_line(&["AWS_ENDPOINT_URL", "not a valid URL"]);
-    with("AWS_ALLOW_HTTP", "").error_line(&["AWS_ALLOW_HTTP=true"]);
+    with("AWS_ENDPOINT_URL", "127.0.0.1:9000").error_line(&["S3 endpoint", "not a valid URL"]);
+    with("AWS_ENDPOINT_URL", "http://[::1").error_line(&["S3 endpoint", "not a valid URL"]);
+    with("AWS_ALLOW_HTTP", "").error_line(&["AWS_ALLOW_HTTP=true", "--s3-allow-http"]);
     let run = with("AWS_ENDPOINT_URL", "http://key:pass-in-url@127.0.0.1:9000");
     let line = run.error_line(&["user name or password"]);
     assert!(!run.stderr.contains("pass-in-url"), "{line}");
@@ -148,4 +149,68 @@ fn an_interrupt_during_an_outage_ends_the_retries() {
     let line = run.interrupted_by("SIGINT", 130);
     assert!(line.contains("stopping"), "{run}");
     assert!(run.stderr.contains("retrying for up to 120 s"), "{run}");
+}
+
+/// Every setting can be a flag instead of its AWS variable, and a flag wins over the variable;
+/// the secret key comes from a file, whose contents never show.
+#[test]
+fn settings_can_be_given_as_flags() {
+    let s3 = server();
+    let bucket = s3.bucket("flags");
+    let repo = format!("s3://{bucket}/by-flags");
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET_KEY}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![3u8; 1 << 20]).unwrap();
+    // No usable variable: an endpoint that answers nothing, nothing else.
+    let env: Vec<(&str, &OsStr)> = vec![
+        ("AWS_ENDPOINT_URL", OsStr::new("http://127.0.0.1:9")),
+        ("AWS_ACCESS_KEY_ID", OsStr::new("")),
+        ("AWS_SECRET_ACCESS_KEY", OsStr::new("")),
+        ("AWS_ALLOW_HTTP", OsStr::new("")),
+        ("FERRY_RETRY_TIMEOUT", OsStr::new("0")),
+    ];
+    let flags = [
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--s3-access-key-id",
+        s3_server::ACCESS_KEY,
+        "--s3-secret-access-key-file",
+        secret_file.to_str().unwrap(),
+        "--s3-allow-http",
+    ];
+    let run = |args: &[&str]| {
+        let all: Vec<&str> = args.iter().chain(flags.iter()).copied().collect();
+        ferry_with_env(&all, &env)
+    };
+    run(&["init", "--repo", &repo]).success();
+    let backup = run(&[
+        "backup",
+        "-vv",
+        "--repo",
+        &repo,
+        "--image",
+        image.to_str().unwrap(),
+    ]);
+    assert!(!backup.stderr.contains(SECRET_KEY), "{backup}");
+    backup.success();
+    let listed = run(&["list", "--repo", &repo]).success();
+    assert!(listed.stdout.contains("disk.img"), "{listed}");
+
+    // Without the secret file: the error names both ways to give the key.
+    let without: Vec<&str> = ["list", "--repo", &repo]
+        .into_iter()
+        .chain(flags[..6].iter().copied())
+        .chain(["--s3-allow-http"])
+        .collect();
+    ferry_with_env(&without, &env)
+        .error_line(&["AWS_SECRET_ACCESS_KEY", "--s3-secret-access-key-file"]);
+    // An empty key file is refused by name.
+    std::fs::write(&secret_file, "\n").unwrap();
+    let run_empty = run(&["list", "--repo", &repo]);
+    run_empty.error_line(&["--s3-secret-access-key-file", "holds no key"]);
 }

@@ -139,9 +139,14 @@ impl From<bool> for ReadData {
 impl ReadData {
     /// Whether the sample includes `id`: a hash of the id and the seed, uniform over ids.
     fn samples(&self, id: &ChunkId) -> bool {
-        let Some(percent) = self.sample_percent else {
-            return true;
-        };
+        match self.sample_percent {
+            None => true,
+            Some(percent) => self.draw(id) * 100.0 < percent,
+        }
+    }
+
+    /// `id`'s place in the sample order of this seed, in [0, 1].
+    fn draw(&self, id: &ChunkId) -> f64 {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.seed.to_le_bytes());
         hasher.update(id.as_bytes());
@@ -150,7 +155,32 @@ impl ReadData {
                 .try_into()
                 .expect("8 bytes"),
         );
-        (draw as f64 / u64::MAX as f64) * 100.0 < percent
+        draw as f64 / u64::MAX as f64
+    }
+
+    /// Keeps the sampled chunks of `present`; a sample never reads nothing while there are
+    /// chunks (a small percentage of a small repository would), so it keeps at least the one
+    /// first in the seed's order.
+    fn sample<T>(&self, present: Vec<(ChunkId, T)>) -> Vec<(ChunkId, T)> {
+        let first = present
+            .iter()
+            .map(|(id, _)| self.draw(id))
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i);
+        let mut kept = Vec::new();
+        let mut fallback = None;
+        for (i, entry) in present.into_iter().enumerate() {
+            if self.samples(&entry.0) {
+                kept.push(entry);
+            } else if Some(i) == first {
+                fallback = Some(entry);
+            }
+        }
+        if kept.is_empty() {
+            kept.extend(fallback);
+        }
+        kept
     }
 }
 
@@ -259,7 +289,7 @@ pub fn verify(
     }
     let mut chunks_read = 0;
     if read.enabled {
-        present.retain(|(id, _)| read.samples(id));
+        let present = read.sample(present);
         let total: u64 = present.iter().map(|(_, r)| r.len as u64).sum();
         progress.start_disk("chunks", total);
         let found = read_all(repo, present, threads, read.quarantine, progress)?;

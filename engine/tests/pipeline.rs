@@ -574,6 +574,11 @@ fn sampled_verify_reads_a_repeatable_subset() {
         "same seed, same sample"
     );
     assert_eq!((ten.sample_percent, ten.sample_seed), (Some(10.0), Some(1)));
+    // A percentage too small to pick any of 200 chunks still reads one: a "clean" sample of
+    // nothing would prove nothing.
+    for seed in 0..5 {
+        assert_eq!(read(sample(0.0001, seed)).chunks_read, 1, "seed {seed}");
+    }
     for bad in [0.0, -1.0, 100.5, f64::NAN] {
         assert!(
             verify(&repo, None, sample(bad, 1), 2, &NoProgress).is_err(),

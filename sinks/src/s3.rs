@@ -22,7 +22,7 @@
 //!   ([`PutOutcome::Written`]), different means another writer did.
 //! - **Listing** resumes after the last key it returned when a page request fails (S3 lists in
 //!   key order), so a retried page neither repeats nor skips keys.
-//! - **Endpoint**: `AWS_ENDPOINT_URL` is checked before any request: an `http://` or `https://`
+//! - **Endpoint**: the endpoint URL is checked before any request: an `http://` or `https://`
 //!   URL with a host, and no user name or password in it (credentials belong in the
 //!   credential variables, and a URL is printed in messages).
 //!
@@ -37,7 +37,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -45,7 +45,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::Path as StorePath;
 use object_store::{
-    ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload, RetryConfig,
+    ClientOptions, ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload,
+    RetryConfig,
 };
 
 use crate::leftover::{self, Leftover};
@@ -130,11 +131,21 @@ impl fmt::Debug for S3Sink {
     }
 }
 
+/// Longest time one request may take, body included: a 4 MiB chunk needs at least 35 KiB/s
+/// per upload in flight (object_store's default, 30 s, failed every chunk put on a link of a
+/// few Mbit/s shared by 8 uploads).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name errors about the endpoint URL give it (it comes from `AWS_ENDPOINT_URL` or a flag).
+pub const ENDPOINT_SETTING: &str = "S3 endpoint";
+
 /// Checks an endpoint URL before `object_store` sees it (it panics on some malformed ones)
 /// and returns it as it will be shown in messages.
 fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError> {
     let invalid = |reason: String| SinkError::Setting {
-        name: "AWS_ENDPOINT_URL",
+        name: ENDPOINT_SETTING,
         reason,
     };
     let url = url::Url::parse(endpoint).map_err(|e| {
@@ -156,7 +167,8 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
         "http" if allow_http => {}
         "http" => {
             return Err(invalid(format!(
-                "{endpoint} is plain HTTP; set AWS_ALLOW_HTTP=true to allow it"
+                "{endpoint} is plain HTTP; allow it with AWS_ALLOW_HTTP=true (ferry: or \
+                 --s3-allow-http)"
             )));
         }
         scheme => {
@@ -282,7 +294,11 @@ impl S3Sink {
             max_retries: 0,
             ..RetryConfig::default()
         };
+        let client = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT);
         let mut builder = AmazonS3Builder::new()
+            .with_client_options(client)
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
             .with_access_key_id(&config.access_key_id)
@@ -724,7 +740,7 @@ mod tests {
                 matches!(
                     err,
                     SinkError::Setting {
-                        name: "AWS_ENDPOINT_URL",
+                        name: ENDPOINT_SETTING,
                         ..
                     }
                 ),

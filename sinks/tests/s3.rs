@@ -10,7 +10,7 @@ mod tcp_proxy;
 use std::time::Duration;
 
 use ferry_sinks::retry::RetryPolicy;
-use ferry_sinks::s3::{S3Config, S3Sink, Secret};
+use ferry_sinks::s3::{ENDPOINT_SETTING, S3Config, S3Sink, Secret};
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Retry, Sink, SinkError, conformance};
 use s3_server::{ACCESS_KEY, SECRET_KEY, server};
 use tcp_proxy::TcpProxy;
@@ -192,7 +192,7 @@ fn malformed_endpoints_are_refused_by_name() {
             matches!(
                 &err,
                 SinkError::Setting {
-                    name: "AWS_ENDPOINT_URL",
+                    name: ENDPOINT_SETTING,
                     ..
                 }
             ),

@@ -104,6 +104,19 @@ impl Run {
         line.to_owned()
     }
 
+    /// For a failed `--json` run: stdout holds only the error document, no report.
+    #[track_caller]
+    pub fn assert_only_error_document(&self) {
+        let document = self.json();
+        let keys: Vec<&String> = document.as_object().expect("an object").keys().collect();
+        assert_eq!(
+            keys,
+            ["error", "exit_status"],
+            "a report was printed\n{self}"
+        );
+        assert_eq!(document["exit_status"], self.code, "{self}");
+    }
+
     /// The JSON object printed on stdout (`--json`).
     #[track_caller]
     pub fn json(&self) -> Value {

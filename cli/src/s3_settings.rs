@@ -1,0 +1,80 @@
+//! Where an `s3://` repository's endpoint, region and credentials come from: a command-line
+//! flag when given, else its AWS environment variable.
+//!
+//! | setting       | flag                          | environment variable                      |
+//! |---------------|-------------------------------|-------------------------------------------|
+//! | endpoint      | `--s3-endpoint URL`           | `AWS_ENDPOINT_URL` (none: AWS itself)      |
+//! | region        | `--s3-region NAME`            | `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1` |
+//! | access key id | `--s3-access-key-id ID`       | `AWS_ACCESS_KEY_ID`                        |
+//! | secret key    | `--s3-secret-access-key-file PATH` | `AWS_SECRET_ACCESS_KEY`               |
+//! | plain HTTP    | `--s3-allow-http`             | `AWS_ALLOW_HTTP=true` (or `1`)             |
+//!
+//! The secret key is never a flag value (it would show in `ps` and shell history): the flag
+//! names a file holding it. The file's contents never appear in a message.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+use ferry_sinks::s3::{S3Config, Secret};
+
+use crate::args::S3Args;
+
+/// The flags of this run, set once by `main`.
+static FLAGS: OnceLock<S3Args> = OnceLock::new();
+
+/// Records this run's S3 flags (the first call wins).
+pub fn set_flags(flags: S3Args) {
+    let _ = FLAGS.set(flags);
+}
+
+/// The configuration of `s3://BUCKET/PREFIX` from this run's flags and the environment.
+pub fn config(bucket: &str, prefix: &str) -> Result<S3Config> {
+    let flags = FLAGS.get().cloned().unwrap_or_default();
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let access_key_id = flags
+        .s3_access_key_id
+        .or_else(|| var("AWS_ACCESS_KEY_ID"))
+        .context("no access key id: set AWS_ACCESS_KEY_ID or give --s3-access-key-id ID")?;
+    let secret = match &flags.s3_secret_access_key_file {
+        Some(path) => read_secret(path)?,
+        None => Secret::new(var("AWS_SECRET_ACCESS_KEY").context(
+            "no secret key: set AWS_SECRET_ACCESS_KEY or give --s3-secret-access-key-file PATH",
+        )?),
+    };
+    Ok(S3Config {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_matches('/').to_owned(),
+        endpoint: flags.s3_endpoint.or_else(|| var("AWS_ENDPOINT_URL")),
+        region: flags
+            .s3_region
+            .or_else(|| var("AWS_REGION"))
+            .or_else(|| var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        access_key_id,
+        secret_access_key: secret,
+        allow_http: flags.s3_allow_http
+            || var("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
+    })
+}
+
+/// The secret key in `path`: its first line, without the line end.
+fn read_secret(path: &Path) -> Result<Secret> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--s3-secret-access-key-file {shown}: cannot read it"))?;
+    let key = text.lines().next().unwrap_or("").trim();
+    if key.is_empty() {
+        bail!("--s3-secret-access-key-file {shown}: the file holds no key");
+    }
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        log::warn!(
+            "{shown} holds a secret key but other users may read it (mode {:o}); `chmod 600` it",
+            meta.permissions().mode() & 0o777
+        );
+    }
+    Ok(Secret::new(key))
+}

@@ -2,6 +2,7 @@
 
 mod common;
 #[path = "../../sinks/tests/support/s3_server.rs"]
+#[allow(dead_code)]
 mod s3_server;
 #[path = "../../sinks/tests/support/tcp_proxy.rs"]
 #[allow(dead_code)]

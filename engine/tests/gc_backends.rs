@@ -20,7 +20,7 @@ use ferry_engine::{EngineError, NoProgress, Repository, verify};
 use ferry_sinks::fault::StallPuts;
 use ferry_sinks::memory::MemorySink;
 use ferry_sinks::nfs::NfsSink;
-use ferry_sinks::s3::{S3Config, S3Sink, Secret};
+use ferry_sinks::s3::S3Sink;
 use ferry_sinks::{PutMode, PutOutcome, Sink};
 
 /// gc attempts while the backup is stalled.
@@ -107,14 +107,6 @@ fn on_an_nfs_export() {
 #[test]
 fn in_an_s3_bucket() {
     let server = s3_server::server();
-    let config = S3Config {
-        bucket: server.bucket("gc-beside-backup"),
-        prefix: "repo".into(),
-        endpoint: Some(server.endpoint.clone()),
-        region: "us-east-1".into(),
-        access_key_id: s3_server::ACCESS_KEY.into(),
-        secret_access_key: Secret::new(s3_server::SECRET_KEY),
-        allow_http: true,
-    };
+    let config = server.config(&server.bucket("gc-beside-backup"), "repo");
     gc_never_runs_beside_a_backup(Arc::new(S3Sink::open(&config).unwrap()));
 }

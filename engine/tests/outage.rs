@@ -19,10 +19,11 @@ use std::time::Duration;
 use ferry_engine::backup::{BackupOptions, DiskSource, backup};
 use ferry_engine::repository::CHUNKS_PREFIX;
 use ferry_engine::{NoProgress, Repository, verify};
+use ferry_sinks::Sink;
+use ferry_sinks::fault::BeforeRead;
 use ferry_sinks::nfs::{NfsConfig, NfsSink};
 use ferry_sinks::retry::RetryPolicy;
-use ferry_sinks::s3::{S3Config, S3Sink, Secret};
-use ferry_sinks::{Leftover, ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
+use ferry_sinks::s3::S3Sink;
 use tcp_proxy::TcpProxy;
 
 const CHUNK: u32 = 64 << 10;
@@ -30,51 +31,6 @@ const CHUNK: u32 = 64 << 10;
 /// Short, so a lasting outage fails the test's operations quickly.
 fn retry() -> RetryPolicy {
     RetryPolicy::with_deadline(Duration::from_secs(1))
-}
-
-/// Passes every call through, and takes the proxy down just before the first chunk read:
-/// the outage begins once verify has read the manifests and listed the chunks.
-#[derive(Debug)]
-struct DownOnFirstChunkRead {
-    inner: Arc<dyn Sink>,
-    proxy: TcpProxy,
-}
-
-impl Sink for DownOnFirstChunkRead {
-    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
-        self.inner.put(key, data, mode)
-    }
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
-        if key.as_str().starts_with(CHUNKS_PREFIX) {
-            self.proxy.go_down();
-        }
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
-        self.inner.get_range(key, start, end)
-    }
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-    fn list<'a>(
-        &'a self,
-        prefix: &str,
-    ) -> Result<Box<dyn Iterator<Item = Result<ObjectMeta, SinkError>> + Send + 'a>, SinkError>
-    {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
-        self.inner.delete(key)
-    }
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
-    }
-    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
-        self.inner.remove_leftover(leftover)
-    }
-    fn location(&self) -> String {
-        self.inner.location()
-    }
 }
 
 /// Backs up a small image into `sink`, then verifies with data reads while the proxy goes
@@ -99,10 +55,13 @@ fn verify_during_an_outage(sink: Arc<dyn Sink>, proxy: &TcpProxy) {
     let clean = verify(&repo, None, true, 2, &NoProgress).unwrap();
     assert!(clean.problems.is_empty(), "{:?}", clean.problems);
 
-    let failing = DownOnFirstChunkRead {
-        inner: sink,
-        proxy: proxy.clone(),
-    };
+    // The outage begins once verify has read the manifests and listed the chunks.
+    let proxy = proxy.clone();
+    let failing = BeforeRead::matching(
+        sink,
+        |key| key.as_str().starts_with(CHUNKS_PREFIX),
+        move || proxy.go_down(),
+    );
     let repo = Repository::open(Arc::new(failing)).unwrap();
     match verify(&repo, None, true, 2, &NoProgress) {
         Ok(report) => panic!(
@@ -121,23 +80,9 @@ fn verify_during_an_outage(sink: Arc<dyn Sink>, proxy: &TcpProxy) {
 #[test]
 fn on_s3() {
     let server = s3_server::server();
-    let proxy = TcpProxy::start(
-        server
-            .endpoint
-            .strip_prefix("http://")
-            .unwrap()
-            .parse()
-            .unwrap(),
-    );
-    let config = S3Config {
-        bucket: server.bucket("verify-outage"),
-        prefix: "repo".into(),
-        endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
-        region: "us-east-1".into(),
-        access_key_id: s3_server::ACCESS_KEY.into(),
-        secret_access_key: Secret::new(s3_server::SECRET_KEY),
-        allow_http: true,
-    };
+    let proxy = TcpProxy::start(server.address());
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let config = server.config_at(&endpoint, &server.bucket("verify-outage"), "repo");
     let sink = S3Sink::open_with(&config, retry()).unwrap();
     verify_during_an_outage(Arc::new(sink), &proxy);
 }

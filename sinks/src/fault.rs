@@ -5,6 +5,8 @@
 //! - [`FlipBitOnRead`]: reads return the stored data with one bit flipped.
 //! - [`StallPuts`]: puts wait at a gate, counted, until the test opens it.
 //! - [`KillAfter`]: the process dies by SIGKILL right after its Nth mutation (crash tests).
+//! - [`BeforeRead`]: runs a test's action before each read of chosen keys (take a server down
+//!   at an exact point of a reader's work).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,6 +249,84 @@ impl Sink for FlipBitOnRead {
 
     fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
         Ok(self.corrupt(key, start, self.inner.get_range(key, start, end)?))
+    }
+
+    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
+        self.inner.head(key)
+    }
+
+    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
+        self.inner.delete(key)
+    }
+
+    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+        self.inner.leftovers(dir)
+    }
+
+    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+        self.inner.remove_leftover(leftover)
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+}
+
+/// Runs `action` before every read ([`get`](Sink::get), [`get_range`](Sink::get_range)) of the
+/// keys `filter` chooses, then passes the read on; everything else passes straight through.
+/// A test's hook into the exact point where a reader reaches its data: an outage that starts
+/// after the manifests were read and before the first chunk is.
+pub struct BeforeRead {
+    inner: Arc<dyn Sink>,
+    filter: KeyFilter,
+    action: Box<dyn Fn() + Send + Sync>,
+}
+
+impl BeforeRead {
+    pub fn matching(
+        inner: Arc<dyn Sink>,
+        filter: impl Fn(&ObjectKey) -> bool + Send + Sync + 'static,
+        action: impl Fn() + Send + Sync + 'static,
+    ) -> Self {
+        BeforeRead {
+            inner,
+            filter: Box::new(filter),
+            action: Box::new(action),
+        }
+    }
+
+    fn before(&self, key: &ObjectKey) {
+        if (self.filter)(key) {
+            (self.action)();
+        }
+    }
+}
+
+impl fmt::Debug for BeforeRead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BeforeRead")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sink for BeforeRead {
+    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
+        self.inner.put(key, data, mode)
+    }
+
+    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
+        self.before(key);
+        self.inner.get(key)
+    }
+
+    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
+        self.before(key);
+        self.inner.get_range(key, start, end)
     }
 
     fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
@@ -585,5 +665,32 @@ mod tests {
         );
         assert_eq!(inner.get(&key("a")).unwrap(), b"1");
         assert_eq!(sink.max_in_flight(), 1);
+    }
+
+    #[test]
+    fn before_read_runs_its_action_before_reads_of_chosen_keys_only() {
+        let inner: Arc<dyn Sink> = Arc::new(MemorySink::new());
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&calls);
+        let sink = BeforeRead::matching(
+            Arc::clone(&inner),
+            |k| k.as_str().starts_with("chunks/"),
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        for k in ["chunks/a", "config"] {
+            sink.put(&key(k), b"data", PutMode::Create).unwrap();
+        }
+        assert_eq!(sink.get(&key("config")).unwrap(), b"data");
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "not a chosen key");
+        assert_eq!(sink.get(&key("chunks/a")).unwrap(), b"data");
+        assert_eq!(sink.get_range(&key("chunks/a"), 1, 3).unwrap(), b"at");
+        sink.head(&key("chunks/a")).unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "get and get_range of chunks/a"
+        );
     }
 }

@@ -3,6 +3,8 @@
 #[path = "support/nfs_server.rs"]
 #[allow(dead_code)]
 mod nfs_server;
+#[path = "support/outage.rs"]
+mod outage;
 #[path = "support/tcp_proxy.rs"]
 #[allow(dead_code)]
 mod tcp_proxy;
@@ -10,7 +12,6 @@ mod tcp_proxy;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use ferry_sinks::Retry;
 use ferry_sinks::nfs::{NfsConfig, NfsSink};
 use ferry_sinks::retry::RetryPolicy;
 use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Sink, SinkError, conformance};
@@ -273,16 +274,7 @@ fn behind_proxy(scratch: &Scratch, retry: RetryPolicy) -> (TcpProxy, NfsSink) {
 fn an_outage_shorter_than_the_deadline_is_ridden_out() {
     let scratch = Scratch::new("outage");
     let (proxy, sink) = behind_proxy(&scratch, RetryPolicy::default());
-    sink.put(&key("before"), b"up", PutMode::Create).unwrap();
-    proxy.go_down();
-    let chunk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-    std::thread::scope(|scope| {
-        let put = scope.spawn(|| sink.put(&key("chunks/ab/during"), &chunk, PutMode::Create));
-        proxy.wait_for_refused(2);
-        proxy.come_up();
-        assert_eq!(put.join().unwrap().unwrap(), PutOutcome::Written);
-    });
-    assert_eq!(sink.get(&key("chunks/ab/during")).unwrap(), chunk);
+    outage::a_put_rides_out_an_outage(&sink, &proxy);
 }
 
 /// A filer that stays away: the operation fails after the deadline, transient, and says how
@@ -291,9 +283,5 @@ fn an_outage_shorter_than_the_deadline_is_ridden_out() {
 fn a_lasting_outage_is_a_transient_error() {
     let scratch = Scratch::new("lasting");
     let (proxy, sink) = behind_proxy(&scratch, RetryPolicy::with_deadline(Duration::from_secs(1)));
-    sink.put(&key("kept"), b"x", PutMode::Create).unwrap();
-    proxy.go_down();
-    let err = sink.get(&key("kept")).unwrap_err();
-    assert_eq!(err.retry(), Retry::Transient, "{err}");
-    assert!(err.to_string().contains("gave up after"), "{err}");
+    outage::a_lasting_outage_fails_transiently(&sink, &proxy);
 }

@@ -1,5 +1,7 @@
 //! The S3 sink against a real S3-compatible server (s3s-fs on 127.0.0.1).
 
+#[path = "support/outage.rs"]
+mod outage;
 #[path = "support/s3_server.rs"]
 #[allow(dead_code)]
 mod s3_server;
@@ -11,19 +13,14 @@ use std::time::Duration;
 
 use ferry_sinks::retry::RetryPolicy;
 use ferry_sinks::s3::{ENDPOINT_SETTING, S3Config, S3Sink, Secret};
-use ferry_sinks::{ObjectKey, PutMode, PutOutcome, Retry, Sink, SinkError, conformance};
-use s3_server::{ACCESS_KEY, SECRET_KEY, server};
+use ferry_sinks::{ObjectKey, PutMode, Retry, Sink, SinkError, conformance};
+use s3_server::{SECRET_KEY, server};
 use tcp_proxy::TcpProxy;
 
 fn config(bucket: &str, prefix: &str, secret: &str) -> S3Config {
     S3Config {
-        bucket: bucket.into(),
-        prefix: prefix.into(),
-        endpoint: Some(server().endpoint.clone()),
-        region: "us-east-1".into(),
-        access_key_id: ACCESS_KEY.into(),
         secret_access_key: Secret::new(secret),
-        allow_http: true,
+        ..server().config(bucket, prefix)
     }
 }
 
@@ -71,17 +68,9 @@ fn debug_and_location_never_show_the_secret() {
 
 /// A proxy in front of the test server, and a sink that reaches the server through it.
 fn behind_proxy(bucket: &str, retry: RetryPolicy) -> (TcpProxy, S3Sink) {
-    let address = server()
-        .endpoint
-        .strip_prefix("http://")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = TcpProxy::start(address);
-    let config = S3Config {
-        endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
-        ..config(bucket, "", SECRET_KEY)
-    };
+    let proxy = TcpProxy::start(server().address());
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let config = server().config_at(&endpoint, bucket, "");
     let sink = S3Sink::open_with(&config, retry).unwrap();
     (proxy, sink)
 }
@@ -96,16 +85,7 @@ fn key(s: &str) -> ObjectKey {
 fn an_outage_shorter_than_the_deadline_is_ridden_out() {
     let bucket = server().bucket("outage");
     let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::default());
-    sink.put(&key("before"), b"up", PutMode::Create).unwrap();
-    proxy.go_down();
-    let chunk: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-    std::thread::scope(|scope| {
-        let put = scope.spawn(|| sink.put(&key("chunks/ab/during"), &chunk, PutMode::Create));
-        proxy.wait_for_refused(2);
-        proxy.come_up();
-        assert_eq!(put.join().unwrap().unwrap(), PutOutcome::Written);
-    });
-    assert_eq!(sink.get(&key("chunks/ab/during")).unwrap(), chunk);
+    outage::a_put_rides_out_an_outage(&sink, &proxy);
 }
 
 /// A listing whose next page fails resumes after the last key it returned: every key once.
@@ -143,10 +123,12 @@ fn a_listing_interrupted_by_an_outage_resumes_without_repeats_or_gaps() {
 fn a_lasting_outage_is_a_transient_error_naming_the_connection() {
     let bucket = server().bucket("b403x");
     let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::with_deadline(Duration::from_secs(1)));
-    sink.put(&key("kept"), b"x", PutMode::Create).unwrap();
-    proxy.go_down();
+    let shown = outage::a_lasting_outage_fails_transiently(&sink, &proxy);
+    assert!(
+        shown.contains("no usable connection to the S3 server"),
+        "{shown}"
+    );
     for err in [
-        sink.get(&key("kept")).unwrap_err(),
         sink.head(&key("kept")).unwrap_err(),
         sink.put(&key("new"), b"y", PutMode::Create).unwrap_err(),
         sink.list("").unwrap().next().unwrap().unwrap_err(),

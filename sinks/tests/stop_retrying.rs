@@ -9,30 +9,16 @@ mod s3_server;
 mod tcp_proxy;
 
 use ferry_sinks::retry::{RetryPolicy, stop_retrying};
-use ferry_sinks::s3::{S3Config, S3Sink, Secret};
+use ferry_sinks::s3::S3Sink;
 use ferry_sinks::{ObjectKey, PutMode, Retry, Sink};
 use tcp_proxy::TcpProxy;
 
 #[test]
 fn a_stop_ends_a_retrying_operation_with_its_last_error() {
     let server = s3_server::server();
-    let proxy = TcpProxy::start(
-        server
-            .endpoint
-            .strip_prefix("http://")
-            .unwrap()
-            .parse()
-            .unwrap(),
-    );
-    let config = S3Config {
-        bucket: server.bucket("stop"),
-        prefix: String::new(),
-        endpoint: Some(format!("http://127.0.0.1:{}", proxy.port)),
-        region: "us-east-1".into(),
-        access_key_id: s3_server::ACCESS_KEY.into(),
-        secret_access_key: Secret::new(s3_server::SECRET_KEY),
-        allow_http: true,
-    };
+    let proxy = TcpProxy::start(server.address());
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let config = server.config_at(&endpoint, &server.bucket("stop"), "");
     // The default deadline: without the stop, the put below would retry for 120 s.
     let sink = S3Sink::open_with(&config, RetryPolicy::default()).unwrap();
     let key = ObjectKey::new("chunks/ab/x").unwrap();

@@ -3,11 +3,13 @@
 //! `scripts/services/s3.sh ensure` installs the `s3s-fs` binary (the test command runs it);
 //! a test fails, rather than skips, when the binary is missing.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use ferry_sinks::s3::{S3Config, Secret};
 
 /// Credentials the test server checks (SigV4); never real secrets.
 pub const ACCESS_KEY: &str = "ferrytestkey";
@@ -33,6 +35,32 @@ impl S3Server {
     pub fn bucket(&self, name: &str) -> String {
         std::fs::create_dir_all(self.root.join(name)).expect("create bucket directory");
         name.to_owned()
+    }
+
+    /// The address the server listens on (for a proxy in front of it).
+    pub fn address(&self) -> SocketAddr {
+        self.endpoint
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .expect("the endpoint is http://ADDRESS")
+    }
+
+    /// A sink configuration for `bucket`/`prefix` of this server.
+    pub fn config(&self, bucket: &str, prefix: &str) -> S3Config {
+        self.config_at(&self.endpoint, bucket, prefix)
+    }
+
+    /// Like [`config`](Self::config), reaching the server at `endpoint` (a proxy's).
+    pub fn config_at(&self, endpoint: &str, bucket: &str, prefix: &str) -> S3Config {
+        S3Config {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            endpoint: Some(endpoint.to_owned()),
+            region: "us-east-1".into(),
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: Secret::new(SECRET_KEY),
+            allow_http: true,
+        }
     }
 
     /// The AWS environment variables for this server.

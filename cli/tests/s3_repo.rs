@@ -124,13 +124,7 @@ fn an_interrupt_during_an_outage_ends_the_retries() {
     let image = dir.path().join("disk.img");
     std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
 
-    let proxy = TcpProxy::start(
-        s3.endpoint
-            .strip_prefix("http://")
-            .unwrap()
-            .parse()
-            .unwrap(),
-    );
+    let proxy = TcpProxy::start(s3.address());
     proxy.go_down();
     let mut env = s3.env();
     for (k, v) in env.iter_mut() {

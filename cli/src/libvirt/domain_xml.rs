@@ -22,6 +22,9 @@ pub struct DiskDef {
     pub readonly: bool,
     /// `<shareable/>`: other domains may have the image open for writing.
     pub shareable: bool,
+    /// `<source><slices><slice type='storage' offset=… size=…/>`: the disk is that byte
+    /// range of its image, as (offset, size).
+    pub storage_slice: Option<(String, String)>,
 }
 
 /// Parses every `<devices><disk>` of a domain XML.
@@ -56,6 +59,14 @@ pub fn disks(xml: &str) -> Result<Vec<DiskDef>> {
             backing,
             readonly: child("readonly").is_some(),
             shareable: child("shareable").is_some(),
+            storage_slice: child("source")
+                .into_iter()
+                .flat_map(|s| s.descendants())
+                .find(|n| n.has_tag_name("slice") && n.attribute("type") == Some("storage"))
+                .map(|n| {
+                    let attr = |name| n.attribute(name).unwrap_or("?").to_owned();
+                    (attr("offset"), attr("size"))
+                }),
         });
     }
     Ok(out)

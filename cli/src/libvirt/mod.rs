@@ -199,8 +199,8 @@ pub enum FileCopy {
 
 /// Refuses disks whose image file is not the whole, frozen disk, for backups that copy image
 /// files: a backing chain (shown in the domain XML, or named in the image header, since a
-/// shut-off domain's XML may not show it), a qcow2 external data file, or a shareable disk
-/// (another domain may write it). Push mode copies what the guest sees, so the error says to
+/// shut-off domain's XML may not show it), a qcow2 external data file, a storage slice (the
+/// disk is a byte range of the file), or a shareable disk (another domain may write it). Push mode copies what the guest sees, so the error says to
 /// use it.
 pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
     let advice = match copy {
@@ -217,6 +217,13 @@ pub fn require_single_images(disks: &[DiskDef], copy: FileCopy) -> Result<()> {
             bail!(
                 "disk {t} ({}) is shareable: another domain may be writing its image, so the \
                  image file cannot be copied as one point in time: {advice}",
+                source.display()
+            );
+        }
+        if let Some((offset, size)) = &disk.storage_slice {
+            bail!(
+                "disk {t} ({}) is the slice of {size} bytes at offset {offset} of its image file, \
+                 so the file is not the disk: {advice}",
                 source.display()
             );
         }
@@ -368,6 +375,20 @@ mod tests {
             let err = require_single_images(&disks, copy).unwrap_err().to_string();
             assert!(
                 err.contains("shareable") && err.contains("--mode push"),
+                "{err}"
+            );
+        }
+        // A storage slice is a byte range of its file: copying the file would store the
+        // container, and restore would give back the wrong bytes at the wrong offsets.
+        let slice = xml(
+            "<disk type='file' device='disk'><driver type='raw'/><source file='/i/c.raw'><slices><slice type='storage' offset='1048576' size='67108864'/></slices></source><target dev='vda'/></disk>",
+        );
+        let disks = select_disks(&slice, &[]).unwrap();
+        for copy in [FileCopy::Overlay, FileCopy::Offline] {
+            let err = require_single_images(&disks, copy).unwrap_err().to_string();
+            assert!(
+                err.contains("slice of 67108864 bytes at offset 1048576")
+                    && err.contains("--mode push"),
                 "{err}"
             );
         }

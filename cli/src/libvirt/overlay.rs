@@ -195,6 +195,7 @@ mod tests {
             backing: None,
             readonly: false,
             shareable: false,
+            storage_slice: None,
         };
         let all = [
             disk("vda", "disk"),

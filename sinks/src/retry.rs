@@ -8,9 +8,15 @@
 //! server that stays away fails the operation after a known time. A try already running when
 //! the deadline passes is not cut short (each backend bounds one try by its own timeout).
 //!
+//! The last try starts before the deadline: the wait before it is cut short to fit. A sink
+//! whose operation gave up at the deadline is taken to be away: its next operations are tried
+//! once, without retries, until one succeeds, so the cleanup after a failure (releasing a lock)
+//! does not wait out another deadline.
+//!
 //! A process that is stopping (ferry got SIGINT, SIGTERM or SIGHUP) calls [`stop_retrying`]:
-//! waits between tries end at once and no new try starts, so an outage cannot hold an orderly
-//! stop for the whole deadline.
+//! waits between tries end at once, no new try starts, and a backend awaiting a reply gives up
+//! on it ([`stopping`]), so an outage or a server that stopped answering cannot hold an orderly
+//! stop.
 //!
 //! While a sink retries, the user hears about it: the first transient failure is logged as a
 //! warning naming the location, the operation and the failure, and later ones at most every
@@ -26,6 +32,8 @@ use crate::SinkError;
 /// Environment variable overriding [`RetryPolicy::DEFAULT_DEADLINE`], in whole seconds
 /// (`0`: never retry).
 pub const DEADLINE_ENV: &str = "FERRY_RETRY_TIMEOUT";
+/// Largest [`DEADLINE_ENV`] value: a day.
+pub const MAX_DEADLINE_SECONDS: u64 = 86_400;
 /// Shortest time between two retry warnings of one sink.
 pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -33,11 +41,34 @@ pub const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 static STOPPING: Mutex<bool> = Mutex::new(false);
 static STOPPING_CHANGED: Condvar = Condvar::new();
 
+/// Wakes the requests awaiting [`stopping`].
+static STOPPING_NOTIFY: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Ends every retry in this process: waiting operations fail at once with their last error,
-/// and no operation retries from now on. For a process that is stopping.
+/// requests in flight are abandoned, and no operation retries from now on. For a process that
+/// is stopping.
 pub fn stop_retrying() {
     *STOPPING.lock().unwrap_or_else(PoisonError::into_inner) = true;
     STOPPING_CHANGED.notify_all();
+    STOPPING_NOTIFY.notify_waiters();
+}
+
+/// Whether [`stop_retrying`] has been called.
+pub fn is_stopping() -> bool {
+    *STOPPING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Completes once [`stop_retrying`] has been called (at once if it already was): a request
+/// races its reply against this.
+pub async fn stopping() {
+    let notified = STOPPING_NOTIFY.notified();
+    tokio::pin!(notified);
+    // Registered before the check, so a stop between the two is not missed.
+    notified.as_mut().enable();
+    if is_stopping() {
+        return;
+    }
+    notified.await;
 }
 
 /// Waits `duration` unless [`stop_retrying`] is (or gets) called; true if it was.
@@ -91,14 +122,21 @@ impl RetryPolicy {
         match std::env::var(DEADLINE_ENV) {
             Err(std::env::VarError::NotPresent) => Ok(RetryPolicy::default()),
             Ok(value) if value.is_empty() => Ok(RetryPolicy::default()),
-            Ok(value) => value
-                .trim()
-                .parse::<u32>()
-                .map(|seconds| RetryPolicy::with_deadline(Duration::from_secs(seconds.into())))
-                .map_err(|_| SinkError::Setting {
+            Ok(value) => match value.trim().parse::<u64>() {
+                Ok(seconds) if seconds <= MAX_DEADLINE_SECONDS => {
+                    Ok(RetryPolicy::with_deadline(Duration::from_secs(seconds)))
+                }
+                Ok(_) => Err(SinkError::Setting {
+                    name: DEADLINE_ENV,
+                    reason: format!(
+                        "{value} seconds is too long (at most {MAX_DEADLINE_SECONDS}, a day)"
+                    ),
+                }),
+                Err(_) => Err(SinkError::Setting {
                     name: DEADLINE_ENV,
                     reason: format!("{value:?} is not a whole number of seconds"),
                 }),
+            },
             Err(std::env::VarError::NotUnicode(_)) => Err(SinkError::Setting {
                 name: DEADLINE_ENV,
                 reason: "the value is not UTF-8".to_owned(),
@@ -153,6 +191,9 @@ pub(crate) struct Retrier {
     /// The sink's location, for warnings.
     location: String,
     last_warning: Mutex<Option<Instant>>,
+    /// Set when an operation gave up at the deadline, cleared by the next success: while set,
+    /// operations are tried once.
+    away: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Retrier {
@@ -169,24 +210,30 @@ impl Retrier {
             policy,
             location: location.into(),
             last_warning: Mutex::new(None),
+            away: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Runs `attempt` (given the 1-based try number) until it succeeds, fails with an error
-    /// `transient` rejects, or the policy's deadline has passed.
-    pub(crate) fn run<T, E: fmt::Display>(
+    /// `transient` rejects, or the policy's deadline has passed (see the module docs);
+    /// `describe` says what a failure was, for warnings.
+    pub(crate) fn run<T, E>(
         &self,
         op: &str,
         key: &str,
         transient: impl Fn(&E) -> bool,
+        describe: impl Fn(&E) -> String,
         mut attempt: impl FnMut(u32) -> Result<T, E>,
     ) -> Result<T, GaveUp<E>> {
+        use std::sync::atomic::Ordering;
         let started = Instant::now();
+        let retries = !self.away.load(Ordering::SeqCst);
         let mut tries = 0;
         loop {
             tries += 1;
             let error = match attempt(tries) {
                 Ok(value) => {
+                    self.away.store(false, Ordering::SeqCst);
                     if tries > 1 {
                         log::info!(
                             "{}: {op} {key} succeeded on try {tries}, after {:.1} s",
@@ -198,29 +245,58 @@ impl Retrier {
                 }
                 Err(error) => error,
             };
-            let wait = self.policy.backoff(tries);
             let gave_up = |error, stopped| GaveUp {
                 error,
                 tries,
                 elapsed: started.elapsed(),
                 stopped,
             };
-            if !transient(&error) || started.elapsed() + wait > self.policy.deadline {
+            if !transient(&error) {
                 return Err(gave_up(error, false));
             }
-            self.warn(op, key, &error, tries);
-            if wait_unless_stopping(wait) {
+            if is_stopping() {
+                return Err(gave_up(error, true));
+            }
+            let left = self.policy.deadline.saturating_sub(started.elapsed());
+            if !retries || left.is_zero() {
+                if retries {
+                    // Given up at the deadline: the sink is away until an operation succeeds.
+                    self.away.store(true, Ordering::SeqCst);
+                }
+                return Err(gave_up(error, false));
+            }
+            self.warn(op, key, &describe(&error), tries);
+            if wait_unless_stopping(self.policy.backoff(tries).min(left)) {
                 return Err(gave_up(error, true));
             }
         }
     }
 
-    fn warn(&self, op: &str, key: &str, error: &dyn fmt::Display, tries: u32) {
+    /// Warns that `op` on `key` has waited `waited` for a reply (a server that stopped
+    /// answering), throttled like retry warnings.
+    pub(crate) fn warn_no_reply(&self, op: &str, key: &str, waited: Duration, limit: Duration) {
+        self.throttled(format!(
+            "{}: {op} {key}: no reply for {} s; waiting up to {} s",
+            self.location,
+            waited.as_secs(),
+            limit.as_secs()
+        ));
+    }
+
+    fn warn(&self, op: &str, key: &str, error: &str, tries: u32) {
         let message = format!(
             "{}: {op} {key} failed ({error}); retrying for up to {} s",
             self.location,
             self.policy.deadline.as_secs()
         );
+        if !self.throttled(message.clone()) {
+            log::debug!("{message} (try {tries})");
+        }
+    }
+
+    /// Logs `message` as a warning unless this sink warned less than [`WARNING_INTERVAL`]
+    /// ago; whether it did.
+    fn throttled(&self, message: String) -> bool {
         let mut last = self
             .last_warning
             .lock()
@@ -228,8 +304,9 @@ impl Retrier {
         if last.is_none_or(|at| at.elapsed() >= WARNING_INTERVAL) {
             *last = Some(Instant::now());
             log::warn!("{message}");
+            true
         } else {
-            log::debug!("{message} (try {tries})");
+            false
         }
     }
 }
@@ -246,6 +323,19 @@ mod tests {
         }
     }
 
+    /// Runs an operation whose tries all fail with `error`, classified by `transient`.
+    fn failing(retrier: &Retrier, transient: bool, error: &'static str) -> GaveUp<&'static str> {
+        retrier
+            .run(
+                "get",
+                "k",
+                |_| transient,
+                |e: &&str| e.to_string(),
+                |_| Err::<(), _>(error),
+            )
+            .unwrap_err()
+    }
+
     #[test]
     fn transient_failures_are_retried_until_success() {
         let retrier = Retrier::new(quick(10_000), "test");
@@ -253,9 +343,8 @@ mod tests {
             "put",
             "k",
             |_: &&str| true,
-            |n| {
-                if n < 4 { Err("busy") } else { Ok(n) }
-            },
+            |e| e.to_string(),
+            |n| if n < 4 { Err("busy") } else { Ok(n) },
         );
         assert_eq!(result.unwrap(), 4);
     }
@@ -263,32 +352,46 @@ mod tests {
     #[test]
     fn permanent_failures_are_not_retried() {
         let retrier = Retrier::new(quick(10_000), "test");
-        let gave_up = retrier
-            .run("put", "k", |_: &&str| false, |_| Err::<(), _>("denied"))
-            .unwrap_err();
+        let gave_up = failing(&retrier, false, "denied");
         assert_eq!((gave_up.error, gave_up.tries), ("denied", 1));
         assert_eq!(gave_up.retried_suffix(), "");
     }
 
     #[test]
-    fn the_deadline_ends_retries_of_a_lasting_failure() {
-        let retrier = Retrier::new(quick(50), "test");
-        let started = Instant::now();
-        let gave_up = retrier
-            .run("get", "k", |_: &&str| true, |_| Err::<(), _>("down"))
-            .unwrap_err();
+    fn the_deadline_ends_retries_of_a_lasting_failure_and_is_used_up() {
+        let deadline = Duration::from_millis(60);
+        let retrier = Retrier::new(
+            RetryPolicy {
+                deadline,
+                first_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_secs(8),
+            },
+            "test",
+        );
+        let gave_up = failing(&retrier, true, "down");
         assert!(gave_up.tries > 1, "retried: {}", gave_up.tries);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        // The wait before the last try is cut to fit: the retries end at the deadline, not
+        // at the first backoff that would overshoot it.
+        assert!(gave_up.elapsed >= deadline, "{:?}", gave_up.elapsed);
+        assert!(gave_up.elapsed < Duration::from_secs(5));
         assert!(gave_up.retried_suffix().contains("gave up after"));
+    }
+
+    #[test]
+    fn a_sink_that_gave_up_is_tried_once_until_an_operation_succeeds() {
+        let retrier = Retrier::new(quick(20), "test");
+        assert!(failing(&retrier, true, "down").tries > 1);
+        // Away: the next operation (say, releasing a lock) does not wait out a new deadline.
+        assert_eq!(failing(&retrier, true, "down").tries, 1);
+        let back = retrier.run("get", "k", |_: &&str| true, |e| e.to_string(), |_| Ok(()));
+        assert!(back.is_ok());
+        assert!(failing(&retrier, true, "down").tries > 1, "retries again");
     }
 
     #[test]
     fn a_zero_deadline_tries_once() {
         let retrier = Retrier::new(RetryPolicy::with_deadline(Duration::ZERO), "test");
-        let gave_up = retrier
-            .run("get", "k", |_: &&str| true, |_| Err::<(), _>("down"))
-            .unwrap_err();
-        assert_eq!(gave_up.tries, 1);
+        assert_eq!(failing(&retrier, true, "down").tries, 1);
     }
 
     #[test]

@@ -137,6 +137,12 @@ impl fmt::Debug for S3Sink {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request without a reply for this long is reported (once, throttled per sink).
+pub const NO_REPLY_WARNING: Duration = Duration::from_secs(15);
+/// Longest wait for a request made while the process is stopping (releasing a lock).
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the check whether a put whose connection broke off stored its object.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The name errors about the endpoint URL give it (it comes from `AWS_ENDPOINT_URL` or a flag).
 pub const ENDPOINT_SETTING: &str = "S3 endpoint";
@@ -148,6 +154,15 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
         name: ENDPOINT_SETTING,
         reason,
     };
+    // The URL parser would trim or escape these; the HTTP client refuses them (it panicked).
+    if let Some(c) = endpoint
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
+    {
+        return Err(invalid(format!(
+            "{endpoint:?} holds the character {c:?}, which a URL cannot hold"
+        )));
+    }
     let url = url::Url::parse(endpoint).map_err(|e| {
         invalid(format!(
             "{endpoint:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:9000 or \
@@ -167,8 +182,7 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
         "http" if allow_http => {}
         "http" => {
             return Err(invalid(format!(
-                "{endpoint} is plain HTTP; allow it with AWS_ALLOW_HTTP=true (ferry: or \
-                 --s3-allow-http)"
+                "{endpoint} is plain HTTP; allow it with AWS_ALLOW_HTTP=true or --s3-allow-http"
             )));
         }
         scheme => {
@@ -177,6 +191,11 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
                  http://127.0.0.1:9000"
             )));
         }
+    }
+    if url.port() == Some(0) {
+        return Err(invalid(format!(
+            "{endpoint:?}: port 0 is not a port to connect to"
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid(format!("{endpoint:?} names no host")));
@@ -192,11 +211,14 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
 /// How a failed request should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
-    /// The server was not reached, or the exchange broke off, or it timed out.
-    Transport,
+    /// The server was not reached, or the exchange broke off (`Request`, `Interrupted`), or
+    /// it timed out.
+    Transport(HttpErrorKind),
     /// The server answered with this HTTP status.
     Status(u16),
-    /// Anything else (a malformed request, an unexpected reply).
+    /// The process is stopping: the request was abandoned ([`Stopped`]).
+    Stopped,
+    /// Anything else (a malformed request, an unexpected reply, a TLS or protocol mismatch).
     Other,
 }
 
@@ -205,29 +227,11 @@ impl Failure {
     fn of(error: &object_store::Error) -> Failure {
         let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(e) = current {
+            if e.downcast_ref::<Stopped>().is_some() {
+                return Failure::Stopped;
+            }
             if let Some(http) = e.downcast_ref::<HttpError>() {
-                return match http.kind() {
-                    HttpErrorKind::Connect
-                    | HttpErrorKind::Request
-                    | HttpErrorKind::Timeout
-                    | HttpErrorKind::Interrupted
-                    | HttpErrorKind::Decode => Failure::Transport,
-                    // object_store leaves some lost connections unclassified ("error sending
-                    // request" when the pooled connection was cut): reqwest knows.
-                    _ => match std::error::Error::source(http)
-                        .and_then(|e| e.downcast_ref::<reqwest::Error>())
-                    {
-                        Some(e)
-                            if e.is_request()
-                                || e.is_connect()
-                                || e.is_timeout()
-                                || e.is_body() =>
-                        {
-                            Failure::Transport
-                        }
-                        _ => Failure::Other,
-                    },
-                };
+                return Failure::of_transport(http);
             }
             // object_store's status errors are not public types; their message is.
             if let Some(status) = e
@@ -243,14 +247,92 @@ impl Failure {
         Failure::Other
     }
 
+    fn of_transport(http: &HttpError) -> Failure {
+        // A TLS handshake with a plain-HTTP server, or any reply that is not HTTP, fails the
+        // same way every time: the connection worked, the protocol did not.
+        let mut cause = std::error::Error::source(http);
+        while let Some(e) = cause {
+            if is_invalid_data(e) {
+                return Failure::Other;
+            }
+            cause = e.source();
+        }
+        match http.kind() {
+            kind @ (HttpErrorKind::Connect
+            | HttpErrorKind::Request
+            | HttpErrorKind::Timeout
+            | HttpErrorKind::Interrupted
+            | HttpErrorKind::Decode) => Failure::Transport(kind),
+            // object_store leaves some lost connections unclassified ("error sending request"
+            // when the pooled connection was cut): reqwest knows.
+            _ => match std::error::Error::source(http)
+                .and_then(|e| e.downcast_ref::<reqwest::Error>())
+            {
+                Some(e) if e.is_request() || e.is_body() => {
+                    Failure::Transport(HttpErrorKind::Request)
+                }
+                Some(e) if e.is_connect() => Failure::Transport(HttpErrorKind::Connect),
+                Some(e) if e.is_timeout() => Failure::Transport(HttpErrorKind::Timeout),
+                _ => Failure::Other,
+            },
+        }
+    }
+
     fn is_transient(self) -> bool {
         match self {
-            Failure::Transport => true,
+            Failure::Transport(_) => true,
             // 507: the store is full (MinIO answers it), which waiting does not fix.
             Failure::Status(507) => false,
             Failure::Status(status) => status >= 500 || status == 429 || status == 408,
-            Failure::Other => false,
+            Failure::Stopped | Failure::Other => false,
         }
+    }
+
+    /// The connection broke off before a reply: the request may or may not have been carried
+    /// out (a timeout is not this: a server that stopped answering would not answer a check).
+    fn is_broken_exchange(self) -> bool {
+        matches!(
+            self,
+            Failure::Transport(HttpErrorKind::Request | HttpErrorKind::Interrupted)
+        )
+    }
+}
+
+/// Whether `error` is, or wraps (as the TLS layer does, inside an `io::Error` of another
+/// kind), an `io::Error` of kind `InvalidData`.
+fn is_invalid_data(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(io) = current.and_then(|e| e.downcast_ref::<std::io::Error>()) {
+        if io.kind() == std::io::ErrorKind::InvalidData {
+            return true;
+        }
+        // `io::Error::source` skips the wrapped error itself; `get_ref` gives it.
+        current = io
+            .get_ref()
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+    }
+    false
+}
+
+/// A request abandoned because the process is stopping ([`crate::retry::stopping`]).
+#[derive(Debug)]
+struct Stopped;
+
+impl fmt::Display for Stopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("abandoned: ferry is stopping")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The message of a store error, with the innermost cause when the message lacks it
+/// (object_store stops at "error sending request"; the cause says "Connection refused").
+fn describe(error: &object_store::Error) -> String {
+    let message = error.to_string();
+    match root_cause(error) {
+        Some(cause) if !message.contains(cause.as_str()) => format!("{message} ({cause})"),
+        _ => message,
     }
 }
 
@@ -335,10 +417,11 @@ impl S3Sink {
     /// One listing request: fails with a clear error for a missing bucket or bad credentials.
     fn probe(&self) -> Result<(), SinkError> {
         let prefix = self.store_path_str("");
-        self.call("list", &format!("{prefix}/"), |_| {
+        let key = format!("{prefix}/");
+        self.call("list", &key, |_| {
             let store = Arc::clone(&self.store);
             let prefix = prefix.clone();
-            self.runtime.block_on(async move {
+            self.await_reply("list", &key, async move {
                 let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
                 store.list(prefix.as_ref()).next().await.transpose()
             })
@@ -358,9 +441,53 @@ impl S3Sink {
                 op,
                 key,
                 |e: &object_store::Error| Failure::of(e).is_transient(),
+                describe,
                 attempt,
             )
             .map_err(|gave_up| self.error(op, key, gave_up))
+    }
+
+    /// Runs one request to its reply, on the sink's runtime. Gives it up when the process
+    /// starts stopping ([`Stopped`]), and warns (throttled) when no reply came within
+    /// [`NO_REPLY_WARNING`]: the request timeout alone would leave the user in silence. A
+    /// request made once the process is stopping (cleanup) has [`CLEANUP_TIMEOUT`].
+    fn await_reply<T>(
+        &self,
+        op: &str,
+        key: &str,
+        request: impl Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        self.runtime.block_on(async {
+            if crate::retry::is_stopping() {
+                // Cleanup after the stop (releasing a lock): one try, bounded.
+                return match tokio::time::timeout(CLEANUP_TIMEOUT, request).await {
+                    Ok(reply) => reply,
+                    Err(elapsed) => Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: Box::new(elapsed),
+                    }),
+                };
+            }
+            tokio::pin!(request);
+            let no_reply = tokio::time::sleep(NO_REPLY_WARNING);
+            tokio::pin!(no_reply);
+            let mut warned = false;
+            loop {
+                tokio::select! {
+                    reply = &mut request => return reply,
+                    () = crate::retry::stopping() => {
+                        return Err(object_store::Error::Generic {
+                            store: "S3",
+                            source: Box::new(Stopped),
+                        });
+                    }
+                    () = &mut no_reply, if !warned => {
+                        warned = true;
+                        self.retrier.warn_no_reply(op, key, NO_REPLY_WARNING, REQUEST_TIMEOUT);
+                    }
+                }
+            }
+        })
     }
 
     fn store_path_str(&self, key: &str) -> String {
@@ -410,27 +537,19 @@ impl S3Sink {
                     key: key.to_owned(),
                 },
                 _ => {
-                    let transient = failure.is_transient();
-                    let (what, cause) = if failure == Failure::Transport {
-                        // object_store's message stops at "error sending request"; the
-                        // deepest cause says why ("Connection refused").
-                        let cause = root_cause(&e)
-                            .filter(|cause| !message.contains(cause.as_str()))
-                            .map(|cause| format!(" ({cause})"))
-                            .unwrap_or_default();
-                        ("no usable connection to the S3 server: ", cause)
-                    } else {
-                        ("", String::new())
+                    let (retry, what) = match failure {
+                        Failure::Transport(_) => {
+                            (Retry::Transient, "no usable connection to the S3 server: ")
+                        }
+                        Failure::Stopped => (Retry::Transient, ""),
+                        _ if failure.is_transient() => (Retry::Transient, ""),
+                        _ => (Retry::Permanent, ""),
                     };
                     SinkError::Io {
                         op,
                         key: key.to_owned(),
-                        retry: if transient {
-                            Retry::Transient
-                        } else {
-                            Retry::Permanent
-                        },
-                        source: std::io::Error::other(format!("{what}{message}{cause}{retried}")),
+                        retry,
+                        source: std::io::Error::other(format!("{what}{}{retried}", describe(&e))),
                     }
                 }
             },
@@ -454,6 +573,7 @@ impl S3Sink {
     /// One PUT request, with put-if-absent's answers mapped to [`PutOutcome`].
     fn put_once(
         &self,
+        key: &str,
         path: &StorePath,
         data: &bytes::Bytes,
         mode: PutMode,
@@ -468,53 +588,60 @@ impl S3Sink {
         };
         let store = Arc::clone(&self.store);
         let (target, payload) = (path.clone(), PutPayload::from(data.clone()));
-        let result = self
-            .runtime
-            .block_on(async move { store.put_opts(&target, payload, options).await });
-        let found = match result {
+        let result = self.await_reply("put", key, async move {
+            store.put_opts(&target, payload, options).await
+        });
+        match result {
             Ok(_) => return Ok(PutOutcome::Written),
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. })
-                if mode == PutMode::Create =>
-            {
-                true
-            }
+                if mode == PutMode::Create => {}
             // A server may answer a conditional put of an existing object with 412 before it
             // reads the body and close the connection (s3s-fs does, for a 4 MiB chunk): the
-            // client sees only a failed send. An object now under the key means put-if-absent
-            // found it there (a put is atomic, so it is whole).
-            Err(e) if mode == PutMode::Create => {
-                let store = Arc::clone(&self.store);
-                let target = path.clone();
-                match self
-                    .runtime
-                    .block_on(async move { store.head(&target).await })
-                {
-                    Ok(_) => {
-                        log::debug!("put {path} failed ({e}) but the object exists");
-                        true
-                    }
-                    Err(_) => return Err(e),
+            // client sees only a broken exchange. An object now under the key means
+            // put-if-absent found it there (a put is atomic, so it is whole). Not after a
+            // timeout: a server that stopped answering would not answer the check either.
+            Err(e) if mode == PutMode::Create && Failure::of(&e).is_broken_exchange() => {
+                if !self.exists_within(key, path, CHECK_TIMEOUT) {
+                    return Err(e);
                 }
+                log::debug!("put {path} failed ({e}) but the object exists");
             }
             Err(e) => return Err(e),
-        };
-        debug_assert!(found);
+        }
         // On a repeated put, the object found may be the one an earlier try stored before its
         // reply was lost.
-        if retry && self.stored_bytes_equal(path, data) {
+        if retry && self.stored_bytes_equal(key, path, data) {
             return Ok(PutOutcome::Written);
         }
         Ok(PutOutcome::AlreadyExists)
     }
 
-    /// Whether the object at `path` holds exactly `data` (false when it cannot be read).
-    fn stored_bytes_equal(&self, path: &StorePath, data: &[u8]) -> bool {
+    /// Whether an object is at `path`, asked once and answered within `limit` (false when
+    /// not, or not known).
+    fn exists_within(&self, key: &str, path: &StorePath, limit: Duration) -> bool {
         let store = Arc::clone(&self.store);
         let target = path.clone();
-        self.runtime
-            .block_on(async move { store.get(&target).await?.bytes().await })
-            .is_ok_and(|stored| stored.as_ref() == data)
+        self.await_reply("head", key, async move {
+            match tokio::time::timeout(limit, store.head(&target)).await {
+                Ok(reply) => reply.map(drop),
+                Err(elapsed) => Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(elapsed),
+                }),
+            }
+        })
+        .is_ok()
+    }
+
+    /// Whether the object at `path` holds exactly `data` (false when it cannot be read).
+    fn stored_bytes_equal(&self, key: &str, path: &StorePath, data: &[u8]) -> bool {
+        let store = Arc::clone(&self.store);
+        let target = path.clone();
+        self.await_reply("get", key, async move {
+            store.get(&target).await?.bytes().await
+        })
+        .is_ok_and(|stored| stored.as_ref() == data)
     }
 }
 
@@ -523,7 +650,7 @@ impl Sink for S3Sink {
         let path = self.path(key);
         let data = bytes::Bytes::copy_from_slice(data);
         self.call("put", key.as_str(), |tries| {
-            self.put_once(&path, &data, mode, tries > 1)
+            self.put_once(key.as_str(), &path, &data, mode, tries > 1)
         })
     }
 
@@ -532,9 +659,10 @@ impl Sink for S3Sink {
         self.call("get", key.as_str(), |_| {
             let store = Arc::clone(&self.store);
             let path = path.clone();
-            self.runtime
-                .block_on(async move { store.get(&path).await?.bytes().await })
-                .map(|b| b.to_vec())
+            self.await_reply("get", key.as_str(), async move {
+                store.get(&path).await?.bytes().await
+            })
+            .map(|b| b.to_vec())
         })
     }
 
@@ -548,9 +676,10 @@ impl Sink for S3Sink {
             let store = Arc::clone(&self.store);
             let path = path.clone();
             let range: Range<u64> = start..end;
-            self.runtime
-                .block_on(async move { store.get_range(&path, range).await })
-                .map(|b| b.to_vec())
+            self.await_reply("get", key.as_str(), async move {
+                store.get_range(&path, range).await
+            })
+            .map(|b| b.to_vec())
         })
     }
 
@@ -559,8 +688,7 @@ impl Sink for S3Sink {
         let meta = self.call("head", key.as_str(), |_| {
             let store = Arc::clone(&self.store);
             let path = path.clone();
-            self.runtime
-                .block_on(async move { store.head(&path).await })
+            self.await_reply("head", key.as_str(), async move { store.head(&path).await })
         })?;
         Ok(ObjectMeta {
             key: key.clone(),
@@ -597,10 +725,11 @@ impl Sink for S3Sink {
         self.call("delete", key.as_str(), |_| {
             let store = Arc::clone(&self.store);
             let path = path.clone();
-            match self
-                .runtime
-                .block_on(async move { store.delete(&path).await })
-            {
+            match self.await_reply(
+                "delete",
+                key.as_str(),
+                async move { store.delete(&path).await },
+            ) {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(e) => Err(e),
             }
@@ -661,7 +790,8 @@ impl S3List<'_> {
             if tries > 1 {
                 *stream = sink.list_stream(directory.as_ref(), last.as_ref());
             }
-            let entry = sink.runtime.block_on(stream.next()).transpose()?;
+            let entry =
+                sink.await_reply("list", prefix, async { stream.next().await.transpose() })?;
             if let Some(entry) = &entry {
                 *last = Some(entry.location.clone());
             }
@@ -734,6 +864,10 @@ mod tests {
             ("s3://bucket", true),
             ("http://u:p@host", true),
             ("http://host/#frag", true),
+            (" http://127.0.0.1:9000", true),
+            ("http://127.0.0.1:9000 ", true),
+            ("http://127.0.0.1:9000/a b", true),
+            ("http://127.0.0.1:0", true),
         ] {
             let err = check_endpoint(endpoint, allow_http).unwrap_err();
             assert!(

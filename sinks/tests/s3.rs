@@ -128,6 +128,8 @@ fn a_lasting_outage_is_a_transient_error_naming_the_connection() {
         shown.contains("no usable connection to the S3 server"),
         "{shown}"
     );
+    // The sink gave up at the deadline, so it is away: every operation now fails after one
+    // try (no new deadline each), until one succeeds.
     for err in [
         sink.head(&key("kept")).unwrap_err(),
         sink.put(&key("new"), b"y", PutMode::Create).unwrap_err(),
@@ -140,8 +142,16 @@ fn a_lasting_outage_is_a_transient_error_naming_the_connection() {
             shown.contains("no usable connection to the S3 server"),
             "{shown}"
         );
-        assert!(shown.contains("gave up after"), "{shown}");
+        assert!(!shown.contains("gave up after"), "tried once: {shown}");
     }
+    proxy.come_up();
+    sink.head(&key("kept")).unwrap();
+    proxy.go_down();
+    let retried = sink.head(&key("kept")).unwrap_err().to_string();
+    assert!(
+        retried.contains("gave up after"),
+        "back, then away again: {retried}"
+    );
 }
 
 /// A malformed endpoint is refused by name before any request (object_store panicked on some),
@@ -183,4 +193,17 @@ fn malformed_endpoints_are_refused_by_name() {
         assert!(shown.contains(expected), "{endpoint}: {shown}");
         assert!(!shown.contains("hunter2secret"), "{endpoint}: {shown}");
     }
+}
+
+/// https:// to a plain-HTTP server fails the same way every time (the TLS handshake meets a
+/// reply that is not TLS): reported at once, with its cause, not retried for the deadline.
+#[test]
+fn tls_to_a_plain_http_server_is_a_permanent_error() {
+    let bucket = server().bucket("tls");
+    let endpoint = format!("https://{}", server().address());
+    let config = server().config_at(&endpoint, &bucket, "");
+    let err = S3Sink::open_with(&config, RetryPolicy::default()).unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(err.retry(), Retry::Permanent, "{shown}");
+    assert!(!shown.contains("gave up after"), "retried: {shown}");
 }

@@ -3,7 +3,9 @@
 //!
 //! While down, the proxy cuts every connection it forwards and closes each new one at once;
 //! it counts those refusals, so a test can wait until a client has tried (and retried)
-//! before it brings the proxy back up: synchronisation on an event, not on time.
+//! before it brings the proxy back up: synchronisation on an event, not on time. While
+//! silent, it cuts forwarded connections too, but keeps each new one open, reading requests
+//! and never answering (a server that stopped responding), and counts those.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -35,6 +37,9 @@ struct State {
 #[derive(Default)]
 struct Inner {
     down: bool,
+    silent: bool,
+    /// Connections held open without an answer because the proxy was silent.
+    held: u64,
     /// Connections closed at once because the proxy was down.
     refused: u64,
     /// Both ends of every forwarded connection, to cut them when going down.
@@ -73,7 +78,23 @@ impl TcpProxy {
     }
 
     pub fn come_up(&self) {
-        self.state.lock().down = false;
+        let mut inner = self.state.lock();
+        inner.down = false;
+        inner.silent = false;
+    }
+
+    /// Cuts every forwarded connection and answers nothing on new ones until
+    /// [`come_up`](Self::come_up).
+    pub fn go_silent(&self) {
+        self.go_down();
+        let mut inner = self.state.lock();
+        inner.down = false;
+        inner.silent = true;
+    }
+
+    /// Waits until `n` connections have been held without an answer in all.
+    pub fn wait_for_held(&self, n: u64) {
+        self.wait_until(|inner| inner.held >= n, "held");
     }
 
     /// Connections refused so far.
@@ -83,11 +104,15 @@ impl TcpProxy {
 
     /// Waits until `n` connections have been refused in all.
     pub fn wait_for_refused(&self, n: u64) {
+        self.wait_until(|inner| inner.refused >= n, "refused");
+    }
+
+    fn wait_until(&self, done: impl Fn(&Inner) -> bool, what: &str) {
         let deadline = Instant::now() + WAIT_LIMIT;
         let mut inner = self.state.lock();
-        while inner.refused < n {
+        while !done(&inner) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no client tried {n} times to connect");
+            assert!(!left.is_zero(), "not enough connections {what}");
             inner = self
                 .state
                 .changed
@@ -105,6 +130,17 @@ fn accept(state: &Arc<State>, client: TcpStream, target: SocketAddr) {
         drop(inner);
         let _ = client.shutdown(Shutdown::Both);
         state.changed.notify_all();
+        return;
+    }
+    if inner.silent {
+        inner.held += 1;
+        drop(inner);
+        state.changed.notify_all();
+        std::thread::spawn(move || {
+            let mut client = client;
+            let mut request = [0u8; 64 << 10];
+            while matches!(client.read(&mut request), Ok(n) if n > 0) {}
+        });
         return;
     }
     let Ok(server) = TcpStream::connect(target) else {

@@ -1,4 +1,10 @@
 //! A minimal stderr logger: `ferry: warning: …`.
+//!
+//! Every write to stderr goes through [`write_stderr`], which never panics: a stderr that is
+//! full (`2>/dev/full`) or closed (`2>&1 | head -1`) loses the line, and the command goes on
+//! and exits with its own status (not 101, the status of a panic).
+
+use std::io::Write as _;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -17,7 +23,7 @@ impl Log for StderrLogger {
                 Level::Info => "info",
                 Level::Debug | Level::Trace => "debug",
             };
-            eprintln!("ferry: {level}: {}", record.args());
+            write_stderr(format_args!("ferry: {level}: {}", record.args()));
         }
     }
 
@@ -35,4 +41,12 @@ pub fn init(verbose: u8) {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// Writes `line` and a newline to stderr in one write; a failed write is ignored (there is
+/// nowhere left to report it).
+pub fn write_stderr(line: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("{line}\n").as_bytes());
 }

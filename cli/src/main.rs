@@ -15,6 +15,7 @@ mod s3_settings;
 mod signals;
 mod size;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -56,11 +57,12 @@ fn main() -> ExitCode {
         ),
         None => (error_line(&e), 1),
     };
-    eprintln!("ferry: error: {message}");
+    logger::write_stderr(format_args!("ferry: error: {message}"));
     if json {
-        // A script reading --json output gets a document for a failure too.
+        // A script reading --json output gets a document for a failure too. Nothing more can
+        // be done when stdout cannot take it: the exit status still tells the failure.
         let document = serde_json::json!({ "error": message, "exit_status": status });
-        println!("{document}");
+        let _ = writeln!(std::io::stdout(), "{document}");
     }
     ExitCode::from(status)
 }

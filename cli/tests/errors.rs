@@ -5,6 +5,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -565,4 +566,62 @@ fn json_runs_print_a_document_for_an_error() {
         line,
         "{run}"
     );
+}
+
+/// `ferry ARGS` with stdout and stderr as given (e.g. `/dev/full`): its exit status, and its
+/// stderr when that was piped.
+fn ferry_with_outputs(args: &[&str], stdout: Stdio, stderr: Stdio) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env_remove("FERRY_REPO")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .output()
+        .expect("run the ferry binary");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
+fn dev_full() -> Stdio {
+    Stdio::from(File::options().write(true).open("/dev/full").unwrap())
+}
+
+/// An error line (and a --json error document) that cannot be written to a full stderr and
+/// stdout is lost, but the exit status is still the error's 1, not a panic's 101.
+#[test]
+fn a_failing_command_with_a_full_stderr_exits_1() {
+    let fx = Fixture::new();
+    let missing = fx.path("no-repo-here");
+    for args in [
+        vec!["list", "--repo", missing.to_str().unwrap()],
+        vec!["list", "--json", "--repo", missing.to_str().unwrap()],
+    ] {
+        let (code, _) = ferry_with_outputs(&args, dev_full(), dev_full());
+        assert_eq!(code, Some(1), "ferry {args:?} with stdout and stderr full");
+        let (code, _) = ferry_with_outputs(&args, Stdio::null(), dev_full());
+        assert_eq!(code, Some(1), "ferry {args:?} with stderr full");
+    }
+}
+
+/// A report that cannot be written to a full stdout is an error (exit status 1, naming
+/// stdout), not a panic and not a success.
+#[test]
+fn a_report_that_cannot_be_written_to_stdout_is_an_error() {
+    let fx = Fixture::new();
+    let out = fx.path("sample.img");
+    for json in [false, true] {
+        let _ = std::fs::remove_file(&out);
+        let mut args = vec!["gen-image", "--size", "4M", "--out", out.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let (code, stderr) = ferry_with_outputs(&args, dev_full(), Stdio::piped());
+        assert_eq!(code, Some(1), "ferry {args:?} >/dev/full\n{stderr}");
+        assert!(
+            stderr.contains("ferry: error: cannot write the output to stdout"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -61,7 +61,7 @@ fn print_report(report: &BackupReport, json: bool) -> Result<()> {
     let c = &report.counts;
     let virtual_size: u64 = report.disks.iter().map(|d| d.virtual_size).sum();
     let disks: Vec<&str> = report.disks.iter().map(|d| d.name.as_str()).collect();
-    println!(
+    outln!(
         "snapshot {} ({}; disks {}): {} virtual, {} read in {:.1} s ({:.0} MiB/s of image); \
          {} chunks: {} new ({} written), {} reused, {} zero; reader {}",
         report.snapshot,
@@ -77,7 +77,7 @@ fn print_report(report: &BackupReport, json: bool) -> Result<()> {
         c.chunks_reused,
         c.chunks_zero,
         report.disks.first().map_or("-", |d| d.reader.as_str()),
-    );
+    )?;
     Ok(())
 }
 

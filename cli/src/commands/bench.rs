@@ -109,29 +109,31 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "image {} ({} MiB virtual), reader {}",
             report.image,
             report.virtual_size >> 20,
             report.reader
-        );
+        )?;
         for s in report.stages.iter().chain([
             &report.pipeline,
             &report.sink_put_stored,
             &report.pipeline_stored,
         ]) {
-            println!(
+            outln!(
                 "{:<16} {:>8.0} MiB/s  ({} MiB in {:.2} s)",
                 s.stage,
                 s.mib_per_s,
                 s.bytes >> 20,
                 s.seconds
-            );
+            )?;
         }
-        println!(
+        outln!(
             "bottleneck: {}; pipeline = {:.2}x the bottleneck stage; it stores at {:.2}x the raw PUT rate",
-            report.bottleneck, report.pipeline_vs_bottleneck, report.pipeline_vs_sink_write
-        );
+            report.bottleneck,
+            report.pipeline_vs_bottleneck,
+            report.pipeline_vs_sink_write
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -70,7 +70,7 @@ pub fn run(args: ForgetArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&report)?;
     } else {
-        print_human(&report);
+        print_human(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -130,7 +130,7 @@ fn by_policy(repo: &Repository, policy: &Policy, only: Option<&str>) -> Result<V
         .collect())
 }
 
-fn print_human(report: &Report) {
+fn print_human(report: &Report) -> Result<()> {
     for row in &report.snapshots {
         let action = if row.keep { "keep  " } else { "remove" };
         let reasons: Vec<String> = row
@@ -143,19 +143,23 @@ fn print_human(report: &Report) {
         } else {
             format!("  ({})", reasons.join(", "))
         };
-        println!(
+        outln!(
             "{action}  {}  {}  {}{why}",
-            row.snapshot, row.time, row.name
-        );
+            row.snapshot,
+            row.time,
+            row.name
+        )?;
     }
     let verb = if report.dry_run {
         "would remove"
     } else {
         "removed"
     };
-    println!(
+    outln!(
         "{verb} {} snapshot(s); {} remain in the repository. Chunks stay until `ferry gc` \
          deletes those no snapshot uses.",
-        report.removed, report.remaining
-    );
+        report.removed,
+        report.remaining
+    )?;
+    Ok(())
 }

@@ -46,25 +46,25 @@ pub fn run(args: GcArgs) -> Result<ExitCode> {
         } else {
             "deleted"
         };
-        println!(
+        outln!(
             "{} snapshot(s) name {} of {} chunk(s); {verb} {} unreferenced chunk(s), {}.",
             report.snapshots,
             report.chunks_referenced,
             report.chunks_total,
             report.chunks_deleted,
             human(report.bytes_freed)
-        );
+        )?;
         if report.leftovers_removed > 0 {
             let verb = if report.dry_run {
                 "would remove"
             } else {
                 "removed"
             };
-            println!(
+            outln!(
                 "{verb} {} temp file(s) of interrupted writes, {}.",
                 report.leftovers_removed,
                 human(report.leftover_bytes)
-            );
+            )?;
         }
         if report.bench_objects_removed > 0 {
             let verb = if report.dry_run {
@@ -72,13 +72,13 @@ pub fn run(args: GcArgs) -> Result<ExitCode> {
             } else {
                 "removed"
             };
-            println!(
+            outln!(
                 "{verb} {} object(s) of {} benchmark run(s) that did not clean up ({}), {}.",
                 report.bench_objects_removed,
                 report.bench_prefixes.len(),
                 report.bench_prefixes.join(", "),
                 human(report.bench_bytes)
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,7 @@ pub fn run(args: GenImageArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&summary)?;
     } else {
-        println!(
+        outln!(
             "wrote {} ({}): {} holes, {} zeros, {} text-like, {} random",
             args.out.display(),
             human(summary.size),
@@ -22,7 +22,7 @@ pub fn run(args: GenImageArgs) -> Result<ExitCode> {
             human(summary.zero_bytes),
             human(summary.text_bytes),
             human(summary.random_bytes)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,12 +36,12 @@ pub fn run(args: InitArgs) -> Result<ExitCode> {
             "version": repo.config().version,
         }))?;
     } else {
-        println!(
+        outln!(
             "created repository {} (id {}, chunk size {})",
             args.repo.repo,
             repo.config().repository_id,
             crate::size::human(u64::from(repo.config().chunk_size))
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

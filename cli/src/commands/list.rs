@@ -88,7 +88,7 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&serde_json::json!({ "snapshots": listed, "damaged": damaged }))?;
     } else {
-        println!("{:<16}  {:<20}  {:<24}  disks", "snapshot", "time", "name");
+        outln!("{:<16}  {:<20}  {:<24}  disks", "snapshot", "time", "name")?;
         for s in &listed {
             let disks: Vec<String> = s
                 .disks
@@ -102,16 +102,16 @@ pub fn run(args: ListArgs) -> Result<ExitCode> {
                     )
                 })
                 .collect();
-            println!(
+            outln!(
                 "{:<16}  {:<20}  {:<24}  {}",
                 s.snapshot,
                 s.time,
                 s.name,
                 disks.join(", ")
-            );
+            )?;
         }
         for d in &damaged {
-            println!("{:<16}  DAMAGED: {}", d.snapshot, d.error);
+            outln!("{:<16}  DAMAGED: {}", d.snapshot, d.error)?;
         }
     }
     Ok(ExitCode::SUCCESS)

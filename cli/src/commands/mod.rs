@@ -1,4 +1,18 @@
 //! One module per subcommand; each returns the process exit code.
+//!
+//! Commands print on stdout with [`outln!`], never `println!`: a stdout that cannot be written
+//! (a full disk, `>/dev/full`) is then an error of the command (exit status 1, one error line)
+//! instead of a panic (exit status 101). A closed pipe behind `list` and `verify` still ends
+//! them quietly ([`crate::signals::quiet_on_broken_pipe`]).
+
+/// `println!` that returns a `Result` instead of panicking when stdout cannot be written: use
+/// as `outln!("...", args)?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::commands::stdout_error)
+    }};
+}
 
 pub mod backup;
 pub mod backup_domain;
@@ -38,8 +52,13 @@ pub fn open_repo(arg: &RepoArg) -> Result<Repository> {
     Repository::open(sink).with_context(context)
 }
 
-/// Prints `value` as one JSON object on stdout.
+/// Prints `value` as one JSON object on stdout; an error when stdout cannot be written.
 pub fn print_json(value: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
+}
+
+/// The error of a failed write to stdout, naming it.
+pub fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("cannot write the output to stdout")
 }

@@ -24,10 +24,10 @@ pub fn run(args: RecoverArgs) -> Result<ExitCode> {
     if args.json {
         print_json(&serde_json::json!({ "recovered": recovered }))?;
     } else if recovered.is_empty() {
-        println!("nothing to recover");
+        outln!("nothing to recover")?;
     } else {
         for r in &recovered {
-            println!("{r}");
+            outln!("{r}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -57,7 +57,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
         }
     } else {
         for report in &reports {
-            println!(
+            outln!(
                 "restored snapshot {} disk {} to {}: {} {} image ({} data) in {:.1} s, every chunk verified; image digest {}",
                 report.snapshot,
                 report.disk,
@@ -67,14 +67,14 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
                 human(report.bytes_written),
                 report.seconds,
                 report.image_digest
-            );
+            )?;
         }
         if let Some(path) = &domain_xml {
-            println!(
+            outln!(
                 "the domain's XML at backup time is in {}: its disk paths still name the \
                  original images",
                 path.display()
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -42,19 +42,17 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
         print_json(&value)?;
     } else {
         for problem in &report.problems {
-            println!("{problem}");
+            outln!("{problem}")?;
         }
         for id in &report.quarantined {
-            println!(
+            outln!(
                 "quarantined chunk {id} (kept as quarantine/{id}; the next backup of its data stores it again)"
-            );
+            )?;
         }
         if let (Some(percent), Some(seed)) = (report.sample_percent, report.sample_seed) {
-            println!(
-                "sampled {percent} % of the chunks (--sample-seed {seed} repeats this sample)"
-            );
+            outln!("sampled {percent} % of the chunks (--sample-seed {seed} repeats this sample)")?;
         }
-        println!(
+        outln!(
             "{}: {} snapshots, {} chunks referenced, {} read and re-hashed, {} problems",
             if report.is_clean() {
                 "clean"
@@ -65,7 +63,7 @@ pub fn run(args: VerifyArgs) -> Result<ExitCode> {
             report.chunks_referenced,
             report.chunks_read,
             report.problems.len()
-        );
+        )?;
     }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS

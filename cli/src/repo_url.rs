@@ -9,6 +9,10 @@
 //! with the right form: taken as a path it would silently become a local directory named
 //! `nfs:filer`. Any other path is a local directory, colons included (`backups:2024`); a local
 //! directory whose name does start with a scheme and a colon is written `./nfs:filer`.
+//!
+//! User information (`USER[:PASSWORD]@`) in an `s3://` or `nfs://` URL is refused before
+//! anything else is parsed, and no message of [`RepoUrl::parse`] shows it: credentials of S3
+//! come from [`crate::s3_settings`], and NFS has none but the caller's uid and gid.
 
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
@@ -34,9 +38,13 @@ impl RepoUrl {
             bail!("empty repository location");
         }
         refuse_misspelt_scheme(url)?;
+        refuse_credentials(url)?;
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                bail!("file:// repository URLs need an absolute path: {url}");
+                bail!(
+                    "file:// repository URLs need an absolute path: {}",
+                    redact_userinfo(url)
+                );
             }
             return Ok(RepoUrl::Local(PathBuf::from(path)));
         }
@@ -125,10 +133,61 @@ fn refuse_misspelt_scheme(url: &str) -> Result<()> {
     if scheme == *known && rest.starts_with("//") {
         return Ok(());
     }
+    let url = redact_userinfo(url);
     bail!(
         "repository location {url:?} looks like a misspelt {known}:// URL: write {form} \
          (for a local directory of that name, write ./{url})"
     );
+}
+
+/// Refuses user information (`USER[:PASSWORD]@` before the host or bucket) in an `s3://` or
+/// `nfs://` URL, without echoing it, and says where credentials go instead. Checked before
+/// anything else of the URL, so no other message of [`RepoUrl::parse`] can show it.
+fn refuse_credentials(url: &str) -> Result<()> {
+    let Some((known, authority)) = ["s3://", "nfs://"].iter().find_map(|scheme| {
+        let rest = url.strip_prefix(scheme)?;
+        Some((*scheme, rest.split('/').next().unwrap_or("")))
+    }) else {
+        return Ok(());
+    };
+    if !authority.contains('@') {
+        return Ok(());
+    }
+    let shown = redact_userinfo(url);
+    if known == "s3://" {
+        bail!(
+            "{shown}: an s3:// URL holds no credentials (the part before '@' was not used); \
+             give them with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or with \
+             --s3-access-key-id ID and --s3-secret-access-key-file PATH"
+        );
+    }
+    bail!(
+        "{shown}: an nfs:// URL holds no user name or password (the part before '@' was not \
+         used): NFS requests carry the calling user's uid and gid (AUTH_SYS), with no password; \
+         write nfs://HOST[:PORT]/EXPORT/DIR and run ferry as the user the export expects"
+    );
+}
+
+/// `url` for messages: when it starts with a scheme Ferry knows (in any spelling), the user
+/// information of its authority (`USER:PASSWORD@`) replaced by `***@`; any other location as
+/// it is (a local path may hold an `@`).
+fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return url.into();
+    };
+    if !SCHEMES
+        .iter()
+        .any(|(known, _)| scheme.eq_ignore_ascii_case(known))
+    {
+        return url.into();
+    }
+    let after_slashes = rest.trim_start_matches('/');
+    let start = url.len() - after_slashes.len();
+    let authority = after_slashes.split('/').next().unwrap_or("");
+    match authority.rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
+        None => url.into(),
+    }
 }
 
 /// `HOST[:PORT]/PATH` of an `nfs://` URL: a host name, an IPv4 address or an IPv6 address in
@@ -291,6 +350,71 @@ mod tests {
             let err = RepoUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
         }
+    }
+
+    /// A user name or password in an `s3://` or `nfs://` URL is refused as such, never
+    /// misread as a bucket, host or port, and no message shows it, whatever the spelling.
+    #[test]
+    fn credentials_in_urls_are_refused_without_echoing_them() {
+        for (url, secrets, needles) in [
+            (
+                "s3://AKID:SECRET@bkt/r1",
+                // (AWS_SECRET_ACCESS_KEY, which the message names, holds "SECRET")
+                &["AKID", ":SECRET", "SECRET@"][..],
+                &["s3://***@bkt/r1", "AWS_ACCESS_KEY_ID", "--s3-access-key-id"][..],
+            ),
+            ("s3://SECRET@bkt", &["SECRET@"], &["holds no credentials"]),
+            (
+                "nfs://root:hunter2@host:2049/x",
+                &["root", "hunter2"],
+                &["nfs://***@host:2049/x", "AUTH_SYS", "no password"],
+            ),
+            (
+                "nfs://user:pw@host/x",
+                &["user:", ":pw", "pw@"],
+                &["AUTH_SYS"],
+            ),
+            ("nfs://user@[::1]/x", &["user@"], &["AUTH_SYS"]),
+            ("nfs://a@b:c@host/x", &["a@", "b:c"], &["AUTH_SYS"]),
+            (
+                "S3://AKID:SECRET@bkt/r1",
+                &["AKID", "SECRET"],
+                &["misspelt"],
+            ),
+            ("s3:AKID:SECRET@bkt/r1", &["AKID", "SECRET"], &["misspelt"]),
+            (
+                "s3://AKID:SECRET@B/x",
+                &["AKID", ":SECRET"],
+                &["holds no credentials"],
+            ),
+            ("nfs:/root:hunter2@host/x", &["hunter2"], &["misspelt"]),
+            (
+                "file://root:hunter2@/srv/x",
+                &["hunter2"],
+                &["absolute path"],
+            ),
+        ] {
+            let err = format!("{:#}", RepoUrl::parse(url).unwrap_err());
+            for secret in secrets {
+                assert!(!err.contains(secret), "{url}: {err}");
+            }
+            for needle in needles {
+                assert!(err.contains(needle), "{url}: {err}");
+            }
+        }
+        // An '@' after the host or in a local path is not user information.
+        assert_eq!(
+            RepoUrl::parse("nfs://host/export/a@b").unwrap(),
+            RepoUrl::Nfs(NfsConfig {
+                host: "host".into(),
+                port: None,
+                path: vec!["export".into(), "a@b".into()],
+            })
+        );
+        assert_eq!(
+            RepoUrl::parse("/srv/user@host").unwrap(),
+            RepoUrl::Local("/srv/user@host".into())
+        );
     }
 
     #[test]

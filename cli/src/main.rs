@@ -18,7 +18,7 @@ mod size;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 use crate::args::{Cli, Command};
 
@@ -26,7 +26,10 @@ use crate::args::{Cli, Command};
 pub const EXIT_DAMAGED: u8 = 3;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     logger::init(cli.verbose);
     s3_settings::set_flags(cli.s3);
     let json = cli.command.json();
@@ -78,4 +81,43 @@ fn error_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// Reports arguments clap refused (exit status 2) with clap's own message on stderr, or prints
+/// the help or version clap was asked for (exit status 0). A refused run whose arguments hold
+/// `--json` also gets `{"error": …, "exit_status": 2}` on stdout, the first line of clap's
+/// message, so a script always gets a document. No write here may panic.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let _ = e.print();
+    let status = e.exit_code();
+    if e.use_stderr() && json_requested(std::env::args_os().skip(1)) {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or("invalid arguments");
+        let message = first.strip_prefix("error: ").unwrap_or(first).trim();
+        let document = serde_json::json!({ "error": message, "exit_status": status });
+        let _ = writeln!(std::io::stdout(), "{document}");
+    }
+    ExitCode::from(u8::try_from(status).unwrap_or(2))
+}
+
+/// Whether raw arguments ask for JSON output: `--json` before any `--`.
+fn json_requested(args: impl IntoIterator<Item = std::ffi::OsString>) -> bool {
+    args.into_iter()
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_requested_by_a_json_flag_before_double_dash() {
+        let args =
+            |list: &[&str]| -> Vec<std::ffi::OsString> { list.iter().map(Into::into).collect() };
+        assert!(json_requested(args(&["list", "--bogus", "--json"])));
+        assert!(!json_requested(args(&["list", "--bogus"])));
+        assert!(!json_requested(args(&["restore", "--", "--json"])));
+        assert!(!json_requested(args(&["list", "--jsonx"])));
+    }
 }

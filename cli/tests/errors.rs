@@ -625,3 +625,43 @@ fn a_report_that_cannot_be_written_to_stdout_is_an_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// Arguments clap refuses (exit status 2) with --json among them: clap's message on stderr as
+/// usual, and on stdout an error document holding its first line. Help is still help.
+#[test]
+fn json_usage_errors_print_a_document() {
+    for (args, needle) in [
+        (&["list", "--bogus", "--json"][..], "--bogus"),
+        (
+            &[
+                "backup",
+                "--threads",
+                "0",
+                "--json",
+                "--image",
+                "/x",
+                "--repo",
+                "/y",
+            ],
+            "--threads",
+        ),
+        (&["no-such-command", "--json"], "no-such-command"),
+    ] {
+        let run = ferry(args).code(2);
+        assert!(run.stderr.contains("error:"), "{run}");
+        assert!(run.stderr.contains(needle), "{run}");
+        run.assert_only_error_document();
+        let error = run.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(needle), "{run}");
+        assert!(
+            !error.contains('\n') && !error.starts_with("error:"),
+            "{run}"
+        );
+    }
+    // Without --json stdout stays empty; --help with --json is help, not an error document.
+    let run = ferry(&["list", "--bogus"]).code(2);
+    assert_eq!(run.stdout, "", "{run}");
+    let run = ferry(&["list", "--help", "--json"]).success();
+    assert!(run.stdout.contains("Usage:"), "{run}");
+    assert!(serde_json::from_str::<serde_json::Value>(&run.stdout).is_err());
+}

@@ -50,12 +50,8 @@ impl RepoUrl {
         }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                });
-            if !valid_bucket {
-                bail!("{url}: {bucket:?} is not a valid S3 bucket name");
+            if let Err(rule) = check_bucket(bucket) {
+                bail!("{url}: {bucket:?} is not a valid S3 bucket name: {rule}");
             }
             let prefix = prefix.trim_matches('/');
             if !prefix.is_empty() {
@@ -188,6 +184,38 @@ fn redact_userinfo(url: &str) -> std::borrow::Cow<'_, str> {
         Some(at) => format!("{}***{}", &url[..start], &url[start + at..]).into(),
         None => url.into(),
     }
+}
+
+/// Checks an S3 bucket name against the naming rules of AWS (general purpose buckets), which
+/// S3-compatible stores follow too; the error is the rule `bucket` breaks.
+fn check_bucket(bucket: &str) -> Result<(), &'static str> {
+    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&bucket.len()) {
+        return Err("it must be 3 to 63 characters long");
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err("only lower-case letters, digits, '-' and '.' are allowed");
+    }
+    if !alnum(bucket.as_bytes().first()) || !alnum(bucket.as_bytes().last()) {
+        return Err("it must start and end with a letter or digit");
+    }
+    if bucket.contains("..") {
+        return Err("it must not hold two adjacent periods");
+    }
+    let parts: Vec<&str> = bucket.split('.').collect();
+    if parts.len() == 4 && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("it must not be formatted as an IP address");
+    }
+    if ["xn--", "sthree-"].iter().any(|p| bucket.starts_with(p)) {
+        return Err("the prefixes 'xn--' and 'sthree-' are reserved");
+    }
+    if ["-s3alias", "--ol-s3"].iter().any(|s| bucket.ends_with(s)) {
+        return Err("the suffixes '-s3alias' and '--ol-s3' are reserved");
+    }
+    Ok(())
 }
 
 /// `HOST[:PORT]/PATH` of an `nfs://` URL: a host name, an IPv4 address or an IPv6 address in
@@ -349,6 +377,45 @@ mod tests {
         ] {
             let err = RepoUrl::parse(bad).unwrap_err().to_string();
             assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    /// Bucket names follow S3's rules; a refusal names the rule broken.
+    #[test]
+    fn bucket_names_follow_the_s3_rules() {
+        for good in [
+            "abc",
+            "my-bucket.2",
+            "a.b-c",
+            "1bucket",
+            "bucket--x-s3",
+            "192.168.1",
+        ] {
+            assert!(RepoUrl::parse(&format!("s3://{good}/r")).is_ok(), "{good}");
+        }
+        let long = "a".repeat(64);
+        for (bad, rule) in [
+            ("ab", "3 to 63"),
+            (long.as_str(), "3 to 63"),
+            ("Bucket", "lower-case"),
+            ("buck_et", "lower-case"),
+            ("-abc", "start and end"),
+            ("abc-", "start and end"),
+            (".abc", "start and end"),
+            ("abc.", "start and end"),
+            ("a..b", "adjacent periods"),
+            ("192.168.1.1", "IP address"),
+            ("10.0.0.255", "IP address"),
+            ("xn--bucket", "'xn--'"),
+            ("sthree-bucket", "'sthree-'"),
+            ("bucket-s3alias", "'-s3alias'"),
+            ("bucket--ol-s3", "'--ol-s3'"),
+        ] {
+            let err = RepoUrl::parse(&format!("s3://{bad}/r"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a valid S3 bucket name"), "{bad}: {err}");
+            assert!(err.contains(rule), "{bad}: {err}");
         }
     }
 

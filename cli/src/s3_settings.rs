@@ -32,6 +32,7 @@ pub fn set_flags(flags: S3Args) {
 /// The configuration of `s3://BUCKET/PREFIX` from this run's flags and the environment.
 pub fn config(bucket: &str, prefix: &str) -> Result<S3Config> {
     let flags = FLAGS.get().cloned().unwrap_or_default();
+    check_flags(&flags)?;
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let access_key_id = flags
         .s3_access_key_id
@@ -59,6 +60,29 @@ pub fn config(bucket: &str, prefix: &str) -> Result<S3Config> {
     })
 }
 
+/// Refuses a flag given with an empty or blank value (`--s3-access-key-id ''`, often an unset
+/// shell variable): sent as it is, it would come back from the server as access denied, or
+/// take the place of the AWS variable. The error names the flag.
+fn check_flags(flags: &S3Args) -> Result<()> {
+    for (flag, value) in [
+        ("--s3-endpoint", &flags.s3_endpoint),
+        ("--s3-region", &flags.s3_region),
+        ("--s3-access-key-id", &flags.s3_access_key_id),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            bail!("{flag} is empty: give a value, or leave the flag out to use the AWS variable");
+        }
+    }
+    if flags
+        .s3_secret_access_key_file
+        .as_deref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        bail!("--s3-secret-access-key-file is empty: give the path of the file holding the key");
+    }
+    Ok(())
+}
+
 /// The secret key in `path`: its first line, without the line end.
 fn read_secret(path: &Path) -> Result<Secret> {
     let shown = path.display();
@@ -77,4 +101,48 @@ fn read_secret(path: &Path) -> Result<Secret> {
         );
     }
     Ok(Secret::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change that makes one flag of a good set empty.
+    type Spoil = fn(&mut S3Args);
+
+    #[test]
+    fn empty_or_blank_flags_are_refused_by_name() {
+        assert!(check_flags(&S3Args::default()).is_ok());
+        let good = S3Args {
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_region: Some("eu-west-1".into()),
+            s3_access_key_id: Some("AKID".into()),
+            s3_secret_access_key_file: Some("/run/key".into()),
+            s3_allow_http: true,
+        };
+        assert!(check_flags(&good).is_ok());
+        let cases: [(&str, Spoil); 6] = [
+            ("--s3-access-key-id", |a| {
+                a.s3_access_key_id = Some(String::new())
+            }),
+            ("--s3-access-key-id", |a| {
+                a.s3_access_key_id = Some(" \t".into())
+            }),
+            ("--s3-endpoint", |a| a.s3_endpoint = Some(String::new())),
+            ("--s3-endpoint", |a| a.s3_endpoint = Some("  ".into())),
+            ("--s3-region", |a| a.s3_region = Some(String::new())),
+            ("--s3-secret-access-key-file", |a| {
+                a.s3_secret_access_key_file = Some("".into())
+            }),
+        ];
+        for (flag, spoil) in cases {
+            let mut args = good.clone();
+            spoil(&mut args);
+            let err = check_flags(&args).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{flag} is empty")),
+                "{flag}: {err}"
+            );
+        }
+    }
 }

@@ -665,3 +665,21 @@ fn json_usage_errors_print_a_document() {
     assert!(run.stdout.contains("Usage:"), "{run}");
     assert!(serde_json::from_str::<serde_json::Value>(&run.stdout).is_err());
 }
+
+/// An empty S3 flag (often an unset shell variable) is refused by name before any request,
+/// instead of being sent and coming back as access denied.
+#[test]
+fn empty_s3_flags_are_refused_by_name() {
+    for (flag, value) in [
+        ("--s3-access-key-id", ""),
+        ("--s3-endpoint", ""),
+        ("--s3-endpoint", " "),
+    ] {
+        let args = ["list", "--repo", "s3://bucket/r", flag, value];
+        let env = [
+            ("AWS_ACCESS_KEY_ID", OsStr::new("AKID")),
+            ("AWS_SECRET_ACCESS_KEY", OsStr::new("secret")),
+        ];
+        ferry_with_env(&args, &env).error_line(&[&format!("{flag} is empty")]);
+    }
+}

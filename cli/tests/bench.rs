@@ -299,3 +299,51 @@ fn bench_into_an_nfs_repository_removes_its_objects_and_directories() {
     );
     ferry(&["verify", "--repo", &repo]).success();
 }
+
+/// A benchmark killed by SIGKILL while generating its sample leaves its scratch directory
+/// `ferry-bench-<pid>-<hex>` (sample image included) in the temporary directory; the next
+/// benchmark removes it, and leaves alone the directory of a process that runs and names of
+/// another form.
+#[test]
+fn the_next_bench_removes_the_scratch_directory_a_killed_bench_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scratch = tmp.path().join("tmp");
+    std::fs::create_dir(&scratch).unwrap();
+    let sample_exists = || {
+        names(&scratch)
+            .iter()
+            .any(|d| scratch.join(d).join("sample.img").exists())
+    };
+    ferry_killed(
+        &["bench", "--size", "1G", "--json"],
+        &[("TMPDIR", scratch.as_os_str())],
+        sample_exists,
+    );
+    let left = names(&scratch);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let parts: Vec<&str> = left[0].splitn(4, '-').collect();
+    assert!(
+        parts.len() == 4
+            && parts[..2] == ["ferry", "bench"]
+            && parts[2].parse::<u32>().is_ok()
+            && parts[3].len() == 8,
+        "not ferry-bench-<pid>-<hex>: {left:?}"
+    );
+    assert!(sample_exists(), "the killed benchmark's sample is gone");
+
+    // Not a benchmark's leftover: a running process's directory, other name forms.
+    let keep = [
+        format!("ferry-bench-{}-0123abcd", std::process::id()),
+        "ferry-bench-0123abcd".to_owned(),
+        "ferry-bench-notapid-0123abcd".to_owned(),
+    ];
+    for name in &keep {
+        std::fs::create_dir(scratch.join(name)).unwrap();
+        std::fs::write(scratch.join(name).join("sample.img"), b"keep").unwrap();
+    }
+    let report = bench(&scratch, &["--size", "16M"]).success().json();
+    assert_complete(&report);
+    let mut expected = keep.to_vec();
+    expected.sort();
+    assert_eq!(names(&scratch), expected, "the leftover was not removed");
+}

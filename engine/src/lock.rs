@@ -97,6 +97,17 @@ pub(crate) fn process_runs(pid: u32) -> bool {
     process_status(pid).is_some_and(|(running, _)| running)
 }
 
+/// The pid in `name` when `name` is `<prefix><pid>-<anything>` and that process no longer runs
+/// in this pid namespace: `name` was left by a process killed before its cleanup (a restore's
+/// temporary file, a benchmark's scratch directory). `None` for other names and for the names
+/// of running processes. A pid reused by a later process keeps its leftover until that one
+/// ends too: this errs towards keeping files.
+pub fn pid_of_dead_owner(name: &str, prefix: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix(prefix)?.split_once('-')?;
+    let pid = pid.parse::<u32>().ok()?;
+    (!process_runs(pid)).then_some(pid)
+}
+
 /// What `/proc/<pid>/stat` says of a process of this pid namespace: `None` when there is no
 /// such process, else whether it still runs (not a zombie) and its start time.
 fn process_status(pid: u32) -> Option<(bool, Option<u64>)> {
@@ -316,6 +327,31 @@ fn describe(info: Option<&LockInfo>, key: &ObjectKey) -> String {
 mod tests {
     use super::*;
     use ferry_sinks::memory::MemorySink;
+
+    #[test]
+    fn leftovers_name_their_dead_owner_only() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap(); // reaped: no such process any more
+        let prefix = "ferry-bench-";
+        assert_eq!(
+            pid_of_dead_owner(&format!("{prefix}{dead}-0a1b"), prefix),
+            Some(dead)
+        );
+        let alive = std::process::id();
+        assert_eq!(
+            pid_of_dead_owner(&format!("{prefix}{alive}-0a1b"), prefix),
+            None
+        );
+        for other in [
+            format!("{prefix}{dead}"),
+            format!("{prefix}0a1b2c3d"),
+            format!("{prefix}x{dead}-0a1b"),
+            format!("other-{dead}-0a1b"),
+        ] {
+            assert_eq!(pid_of_dead_owner(&other, prefix), None, "{other}");
+        }
+    }
 
     fn repo() -> Repository {
         Repository::init(Arc::new(MemorySink::new()), 1 << 20).unwrap()

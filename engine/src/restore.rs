@@ -343,13 +343,10 @@ fn remove_stale_temps(dir: &Path, file_name: &str) {
         let name = entry.file_name();
         let pid = name
             .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            .and_then(|n| crate::lock::pid_of_dead_owner(n, &prefix));
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
         if let Some(pid) = pid
             && is_file
-            && !crate::lock::process_runs(pid)
         {
             let path = entry.path();
             match std::fs::remove_file(&path) {

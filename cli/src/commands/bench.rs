@@ -29,7 +29,9 @@ const MIN_SAMPLE: u64 = 4 << 20;
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     // Before anything is created: an interrupted benchmark removes what it made.
     let cancel = crate::signals::cancel_on_signal()?;
-    let scratch = Scratch::create(&std::env::temp_dir())?;
+    let temp_dir = std::env::temp_dir();
+    remove_dead_scratch(&temp_dir);
+    let scratch = Scratch::create(&temp_dir)?;
     let image = match &args.image {
         Some(image) => image.clone(),
         None => {
@@ -152,14 +154,23 @@ fn lock_if_repository(outer: &Arc<dyn Sink>, url: &str) -> Result<Option<RepoLoc
     }
 }
 
-/// A private scratch directory (0700), removed with everything in it when dropped, however
-/// the benchmark ends.
+/// The start of the names of benchmark scratch directories: `ferry-bench-<pid>-<8 hex>`.
+const SCRATCH_PREFIX: &str = "ferry-bench-";
+
+/// A private scratch directory (0700) in the temporary directory, named
+/// `ferry-bench-<pid>-<8 hex>`, removed with everything in it when dropped, however the
+/// benchmark ends. One that a benchmark killed by SIGKILL left (with a sample image of up to
+/// `--size`) is removed by the next benchmark: [`remove_dead_scratch`].
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn create(base: &std::path::Path) -> Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = base.join(new_prefix());
+        let dir = base.join(format!(
+            "{SCRATCH_PREFIX}{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -171,6 +182,39 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the scratch directories in `base` that benchmarks killed before their cleanup left:
+/// those named `ferry-bench-<pid>-…` whose process no longer runs on this host, and that are
+/// directories (not links) of this user. Others' directories, those of running benchmarks and
+/// names of any other form are left alone; a failure is a warning, not an error.
+fn remove_dead_scratch(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| ferry_engine::lock::pid_of_dead_owner(n, SCRATCH_PREFIX))
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if !ours {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => log::info!(
+                "removed {}, left by a benchmark that was killed (pid {pid})",
+                path.display()
+            ),
+            Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+        }
     }
 }
 

@@ -142,21 +142,22 @@ fn bench_into_a_local_repository_leaves_it_as_it_was() {
     assert_eq!(names(tmp.path()), ["repo"]);
 }
 
-/// A directory that holds no repository takes a benchmark too (no lock: no gc runs there),
-/// and is left empty.
+/// A directory that holds no Ferry repository is refused, naming `ferry init`, and nothing is
+/// created there or in the temporary directory: there no gc could remove what a killed
+/// benchmark leaves.
 #[test]
-fn bench_into_an_empty_directory_that_is_no_repository_leaves_it_empty() {
+fn bench_into_an_empty_directory_that_is_no_repository_is_refused_and_left_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("empty");
     std::fs::create_dir(&dir).unwrap();
-    let report = bench(
-        tmp.path(),
-        &["--size", "16M", "--repo", dir.to_str().unwrap()],
-    )
-    .success()
-    .json();
-    assert_complete(&report);
+    let dir_arg = dir.to_str().unwrap();
+    let run = bench(tmp.path(), &["--size", "16M", "--repo", dir_arg]);
+    run.error_line(&[dir_arg, "no Ferry repository", "ferry init"]);
+    run.assert_only_error_document();
     assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    assert_eq!(names(tmp.path()), ["empty"]);
+    // So init still takes it.
+    ferry(&["init", "--repo", dir_arg]).success();
 }
 
 /// `bench --repo` killed by SIGKILL mid-run leaves its objects, temp files and lock; a dry-run

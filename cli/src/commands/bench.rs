@@ -32,6 +32,37 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let temp_dir = std::env::temp_dir();
     remove_dead_scratch(&temp_dir);
     let scratch = Scratch::create(&temp_dir)?;
+    // The repository first: one that is refused costs no sample image.
+    let prefix = new_prefix();
+    let mut nfs_dirs = None;
+    let mut cleanup_dir = None;
+    let mut lock = None;
+    let remote: Option<Arc<dyn Sink>> = match &args.repo {
+        None => None,
+        Some(url) => {
+            let outer: Arc<dyn Sink> = match RepoUrl::parse(url)? {
+                RepoUrl::Nfs(config) => {
+                    let nfs = Arc::new(NfsSink::open(&config)?);
+                    nfs_dirs = Some(Arc::clone(&nfs));
+                    nfs
+                }
+                repo @ RepoUrl::S3 { .. } => repo.open()?,
+                RepoUrl::Local(path) => {
+                    ensure!(
+                        path.is_dir(),
+                        "{} is not a directory: bench writes its objects under a throwaway \
+                         prefix of an existing repository, and creates none",
+                        path.display()
+                    );
+                    cleanup_dir = Some(path.join(&prefix));
+                    Arc::new(LocalSink::open(&path)?)
+                }
+            };
+            // Before anything is written: gc must not sweep this run's objects.
+            lock = Some(lock_repository(&outer, url)?);
+            Some(Arc::new(Prefixed::new(outer, &prefix)?))
+        }
+    };
     let image = match &args.image {
         Some(image) => image.clone(),
         None => {
@@ -53,35 +84,9 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.cold {
         drop_page_cache()?;
     }
-    let prefix = new_prefix();
-    let mut nfs_dirs = None;
-    let mut cleanup_dir = None;
-    let mut lock = None;
-    let sink: Arc<dyn Sink> = match &args.repo {
+    let sink = match remote {
+        Some(sink) => sink,
         None => Arc::new(LocalSink::create(scratch.0.join("repo"))?),
-        Some(url) => {
-            let outer: Arc<dyn Sink> = match RepoUrl::parse(url)? {
-                RepoUrl::Nfs(config) => {
-                    let nfs = Arc::new(NfsSink::open(&config)?);
-                    nfs_dirs = Some(Arc::clone(&nfs));
-                    nfs
-                }
-                repo @ RepoUrl::S3 { .. } => repo.open()?,
-                RepoUrl::Local(path) => {
-                    ensure!(
-                        path.is_dir(),
-                        "{} is not a directory: bench writes its objects under a throwaway \
-                         prefix of an existing repository, and creates none",
-                        path.display()
-                    );
-                    cleanup_dir = Some(path.join(&prefix));
-                    Arc::new(LocalSink::open(&path)?)
-                }
-            };
-            // Before anything is written: gc must not sweep this run's objects.
-            lock = lock_if_repository(&outer, url)?;
-            Arc::new(Prefixed::new(outer, &prefix)?)
-        }
     };
     let mut options = BackupOptions::new("bench");
     options.chunk_size = check_chunk_size(args.chunk_size)?;
@@ -142,14 +147,17 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
 
 /// A shared lock on the repository at `outer`, held while the benchmark writes under its
 /// prefix there, so that gc neither sweeps its objects nor removes its temp files meanwhile.
-/// A location that holds no repository (a bucket or directory to be measured before `init`)
-/// gets none: no gc runs there, and `init` refuses it while the benchmark's objects are there.
-fn lock_if_repository(outer: &Arc<dyn Sink>, url: &str) -> Result<Option<RepoLock>> {
+/// A location that holds no Ferry repository is refused: there no gc could remove what a
+/// killed benchmark leaves, and `init` would refuse the location because of it.
+fn lock_repository(outer: &Arc<dyn Sink>, url: &str) -> Result<RepoLock> {
     match Repository::open(Arc::clone(outer)) {
         Ok(repo) => RepoLock::acquire(&repo, LockKind::Shared, "bench")
-            .map(Some)
             .with_context(|| format!("cannot lock repository {url}")),
-        Err(EngineError::NotARepository { .. }) => Ok(None),
+        Err(EngineError::NotARepository { .. }) => bail!(
+            "{url} holds no Ferry repository: bench writes under a throwaway prefix of an \
+             existing repository, so that `ferry gc` can remove what a killed benchmark leaves; \
+             run `ferry init --repo {url}` first"
+        ),
         Err(e) => Err(e).with_context(|| format!("cannot open repository {url}")),
     }
 }

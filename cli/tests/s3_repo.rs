@@ -112,8 +112,9 @@ fn unusable_settings_are_named() {
         .error_line(&["FERRY_RETRY_TIMEOUT", "whole number of seconds"]);
 }
 
-/// SIGINT while the S3 server is away: the stop ends the retries at once (exit 130), instead of
-/// waiting out the 120 s retry deadline.
+/// SIGINT while the S3 server is away (connections refused: ferry waits between retries) or
+/// silent (connections accepted, no reply: ferry awaits a reply): the stop ends the waiting at
+/// once (exit 130), instead of after the 120 s retry deadline or request timeout.
 #[test]
 fn an_interrupt_during_an_outage_ends_the_retries() {
     let s3 = server();
@@ -125,7 +126,6 @@ fn an_interrupt_during_an_outage_ends_the_retries() {
     std::fs::write(&image, vec![7u8; 1 << 20]).unwrap();
 
     let proxy = TcpProxy::start(s3.address());
-    proxy.go_down();
     let mut env = s3.env();
     for (k, v) in env.iter_mut() {
         if *k == "AWS_ENDPOINT_URL" {
@@ -140,10 +140,17 @@ fn an_interrupt_during_an_outage_ends_the_retries() {
         "--image",
         image.to_str().unwrap(),
     ];
+
+    proxy.go_down();
     let run = common::ferry_interrupted(&args, &env, "INT", || proxy.refused() >= 2);
     let line = run.interrupted_by("SIGINT", 130);
     assert!(line.contains("stopping"), "{run}");
     assert!(run.stderr.contains("retrying for up to 120 s"), "{run}");
+
+    proxy.go_silent();
+    let run = common::ferry_interrupted(&args, &env, "INT", || proxy.held() >= 1);
+    let line = run.interrupted_by("SIGINT", 130);
+    assert!(line.contains("stopping"), "{run}");
 }
 
 /// Every setting can be a flag instead of its AWS variable, and a flag wins over the variable;

@@ -92,6 +92,11 @@ impl TcpProxy {
         inner.silent = true;
     }
 
+    /// Connections held without an answer so far.
+    pub fn held(&self) -> u64 {
+        self.state.lock().held
+    }
+
     /// Waits until `n` connections have been held without an answer in all.
     pub fn wait_for_held(&self, n: u64) {
         self.wait_until(|inner| inner.held >= n, "held");

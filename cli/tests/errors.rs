@@ -307,8 +307,15 @@ fn unreachable_unknown_and_unconfigured_urls_are_refused_by_name() {
         &["verify", "--repo", repo],
         &["backup", "--repo", repo, "--image", image],
     ];
+    // A filer that does not answer is waited for (FERRY_RETRY_TIMEOUT), then named.
+    let short_wait = [("FERRY_RETRY_TIMEOUT", OsStr::new("1"))];
     for args in cases {
-        ferry(args).error_line(&[repo, "127.0.0.3", "does not answer"]);
+        ferry_with_env(args, &short_wait).error_line(&[
+            repo,
+            "127.0.0.3",
+            "does not answer",
+            "gave up after",
+        ]);
     }
     // An S3 repository without credentials names the missing variable.
     let no_keys = [

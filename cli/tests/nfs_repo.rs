@@ -6,7 +6,7 @@ mod common;
 #[allow(dead_code)]
 mod nfs_server;
 
-use common::{exercise_bit_rot, exercise_repository, ferry, mode};
+use common::{exercise_bit_rot, exercise_repository, ferry, ferry_with_env, mode};
 use nfs_server::{Scratch, closing_server};
 
 #[test]
@@ -53,7 +53,9 @@ fn list_and_verify_against_a_closing_server_fail_clearly() {
     let url = scratch
         .url
         .replacen("nfs://127.0.0.1/", &format!("nfs://127.0.0.1:{port}/"), 1);
+    let short_wait = [("FERRY_RETRY_TIMEOUT", std::ffi::OsStr::new("1"))];
     for command in ["list", "verify"] {
-        ferry(&[command, "--repo", &url]).error_line(&["closed the connection"]);
+        ferry_with_env(&[command, "--repo", &url], &short_wait)
+            .error_line(&["closed the connection", "gave up after"]);
     }
 }

@@ -164,12 +164,15 @@ fn no_server_on_a_host_is_a_location_error() {
         port: None,
         path: vec!["export".into()],
     };
-    let err = NfsSink::open(&config).unwrap_err();
+    // A filer not answering yet is waited for (here: 1 s), then named.
+    let err = NfsSink::open_with(&config, RetryPolicy::with_deadline(Duration::from_secs(1)))
+        .unwrap_err();
     // rpcbind listens on every address, so it answers; the MOUNT service (127.0.0.1 only)
     // does not.
     assert!(
         matches!(&err, SinkError::Location { reason, .. }
-            if reason.contains("127.0.0.2") && reason.contains("does not answer")),
+            if reason.contains("127.0.0.2") && reason.contains("does not answer")
+                && reason.contains("gave up after")),
         "{err}"
     );
 }
@@ -186,9 +189,11 @@ fn a_server_that_closes_connections_is_an_error_not_a_hang() {
         port: Some(port),
         ..scratch.config()
     };
-    let err = NfsSink::open(&config).unwrap_err();
+    let err = NfsSink::open_with(&config, RetryPolicy::with_deadline(Duration::from_secs(1)))
+        .unwrap_err();
     assert!(
-        matches!(&err, SinkError::Location { reason, .. } if reason.contains("closed the connection")),
+        matches!(&err, SinkError::Location { reason, .. }
+            if reason.contains("closed the connection") && reason.contains("gave up after")),
         "{err}"
     );
 }

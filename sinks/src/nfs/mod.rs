@@ -137,25 +137,41 @@ impl NfsSink {
             location: location.clone(),
             reason,
         };
-        let mounted = wire::mount_export(&config.host, config.port, &config.path, MAX_TRANSFER)
-            .map_err(|err| match err {
-                MountError::Unreachable(reason) | MountError::Unsuitable(reason) => {
-                    location_error(reason)
-                }
-                MountError::Denied(reason) => SinkError::AccessDenied {
-                    location: location.clone(),
-                    reason,
+        // A filer that is not answering yet (restarting, failing over) is waited for, like
+        // any transient failure; a refusal is not.
+        let retrier = Retrier::new(retry, location.clone());
+        let export_path = format!("/{}", config.path.join("/"));
+        let mounted = retrier
+            .run(
+                "mount",
+                &export_path,
+                |e: &MountError| matches!(e, MountError::Unreachable(_)),
+                |e| match e {
+                    MountError::Unreachable(reason) => reason.clone(),
+                    _ => "refused".to_owned(),
                 },
-                MountError::NoExport { exports } => location_error(format!(
-                    "no export of {} that this host may mount holds /{} (exports listed: {})",
-                    config.host,
-                    config.path.join("/"),
-                    if exports.is_empty() {
-                        "none listed".to_owned()
-                    } else {
-                        exports.join(", ")
-                    }
-                )),
+                |_| wire::mount_export(&config.host, config.port, &config.path, MAX_TRANSFER),
+            )
+            .map_err(|gave_up| {
+                let retried = gave_up.retried_suffix();
+                match gave_up.error {
+                    MountError::Unreachable(reason) => location_error(format!("{reason}{retried}")),
+                    MountError::Unsuitable(reason) => location_error(reason),
+                    MountError::Denied(reason) => SinkError::AccessDenied {
+                        location: location.clone(),
+                        reason,
+                    },
+                    MountError::NoExport { exports } => location_error(format!(
+                        "no export of {} that this host may mount holds {export_path} (exports \
+                         listed: {})",
+                        config.host,
+                        if exports.is_empty() {
+                            "none listed".to_owned()
+                        } else {
+                            exports.join(", ")
+                        }
+                    )),
+                }
             })?;
         let mut sink = NfsSink {
             pool: Pool::new(mounted.server),
@@ -163,7 +179,7 @@ impl NfsSink {
             dirs: Mutex::new(HashMap::new()),
             read_size: mounted.sizes.read,
             write_size: mounted.sizes.write,
-            retrier: Retrier::new(retry, location.clone()),
+            retrier,
             location: location.clone(),
         };
         // Walk from the export root to the repository directory.

@@ -15,6 +15,57 @@ use std::time::Duration;
 
 use crate::{Leftover, ObjectKey, ObjectMeta, PutMode, PutOutcome, Sink, SinkError};
 
+/// Implements the named [`Sink`] methods by passing each call to `self.inner` unchanged, so a
+/// decorator writes only the methods it changes.
+macro_rules! forward_to_inner {
+    ($($method:ident),* $(,)?) => { $(forward_to_inner!(@one $method);)* };
+    (@one put) => {
+        fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
+            self.inner.put(key, data, mode)
+        }
+    };
+    (@one get) => {
+        fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
+            self.inner.get(key)
+        }
+    };
+    (@one get_range) => {
+        fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
+            self.inner.get_range(key, start, end)
+        }
+    };
+    (@one head) => {
+        fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
+            self.inner.head(key)
+        }
+    };
+    (@one list) => {
+        fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
+            self.inner.list(prefix)
+        }
+    };
+    (@one delete) => {
+        fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
+            self.inner.delete(key)
+        }
+    };
+    (@one leftovers) => {
+        fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
+            self.inner.leftovers(dir)
+        }
+    };
+    (@one remove_leftover) => {
+        fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
+            self.inner.remove_leftover(leftover)
+        }
+    };
+    (@one location) => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+    };
+}
+
 type ListResult<'a> =
     Result<Box<dyn Iterator<Item = Result<ObjectMeta, SinkError>> + Send + 'a>, SinkError>;
 
@@ -65,29 +116,9 @@ impl Sink for FailAfter {
         self.inner.put(key, data, mode)
     }
 
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
-        self.inner.get(key)
-    }
-
-    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
-        self.inner.get_range(key, start, end)
-    }
-
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-
-    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
-        self.inner.list(prefix)
-    }
-
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         self.admit("delete", key)?;
         self.inner.delete(key)
-    }
-
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
     }
 
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
@@ -95,9 +126,7 @@ impl Sink for FailAfter {
         self.inner.remove_leftover(leftover)
     }
 
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!(get, get_range, head, list, leftovers, location);
 }
 
 /// Kills this process with SIGKILL right after its `n`th mutating operation (put, delete or
@@ -141,30 +170,10 @@ impl Sink for KillAfter {
         result
     }
 
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
-        self.inner.get(key)
-    }
-
-    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
-        self.inner.get_range(key, start, end)
-    }
-
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-
-    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
-        self.inner.list(prefix)
-    }
-
     fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
         let result = self.inner.delete(key);
         self.count();
         result
-    }
-
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
     }
 
     fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
@@ -173,9 +182,7 @@ impl Sink for KillAfter {
         result
     }
 
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!(get, get_range, head, list, leftovers, location);
 }
 
 /// Which keys [`FlipBitOnRead`] corrupts.
@@ -239,10 +246,6 @@ impl fmt::Debug for FlipBitOnRead {
 }
 
 impl Sink for FlipBitOnRead {
-    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
-        self.inner.put(key, data, mode)
-    }
-
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
         Ok(self.corrupt(key, 0, self.inner.get(key)?))
     }
@@ -251,29 +254,15 @@ impl Sink for FlipBitOnRead {
         Ok(self.corrupt(key, start, self.inner.get_range(key, start, end)?))
     }
 
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-
-    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
-        self.inner.list(prefix)
-    }
-
-    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
-        self.inner.delete(key)
-    }
-
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
-    }
-
-    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
-        self.inner.remove_leftover(leftover)
-    }
-
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!(
+        put,
+        head,
+        list,
+        delete,
+        leftovers,
+        remove_leftover,
+        location
+    );
 }
 
 /// Runs `action` before every read ([`get`](Sink::get), [`get_range`](Sink::get_range)) of the
@@ -315,10 +304,6 @@ impl fmt::Debug for BeforeRead {
 }
 
 impl Sink for BeforeRead {
-    fn put(&self, key: &ObjectKey, data: &[u8], mode: PutMode) -> Result<PutOutcome, SinkError> {
-        self.inner.put(key, data, mode)
-    }
-
     fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
         self.before(key);
         self.inner.get(key)
@@ -329,29 +314,15 @@ impl Sink for BeforeRead {
         self.inner.get_range(key, start, end)
     }
 
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-
-    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
-        self.inner.list(prefix)
-    }
-
-    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
-        self.inner.delete(key)
-    }
-
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
-    }
-
-    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
-        self.inner.remove_leftover(leftover)
-    }
-
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!(
+        put,
+        head,
+        list,
+        delete,
+        leftovers,
+        remove_leftover,
+        location
+    );
 }
 
 /// Holds every put (of the chosen keys) at a gate until [`open`](StallPuts::open) is called,
@@ -486,37 +457,16 @@ impl Sink for StallPuts {
         self.inner.put(key, data, mode)
     }
 
-    fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, SinkError> {
-        self.inner.get(key)
-    }
-
-    fn get_range(&self, key: &ObjectKey, start: u64, end: u64) -> Result<Vec<u8>, SinkError> {
-        self.inner.get_range(key, start, end)
-    }
-
-    fn head(&self, key: &ObjectKey) -> Result<ObjectMeta, SinkError> {
-        self.inner.head(key)
-    }
-
-    fn list<'a>(&'a self, prefix: &str) -> ListResult<'a> {
-        self.inner.list(prefix)
-    }
-
-    fn delete(&self, key: &ObjectKey) -> Result<(), SinkError> {
-        self.inner.delete(key)
-    }
-
-    fn leftovers(&self, dir: &str) -> Result<Vec<Leftover>, SinkError> {
-        self.inner.leftovers(dir)
-    }
-
-    fn remove_leftover(&self, leftover: &Leftover) -> Result<(), SinkError> {
-        self.inner.remove_leftover(leftover)
-    }
-
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    forward_to_inner!(
+        get,
+        get_range,
+        head,
+        list,
+        delete,
+        leftovers,
+        remove_leftover,
+        location
+    );
 }
 
 #[cfg(test)]

@@ -176,20 +176,7 @@ pub fn ferry_interrupted<S: AsRef<OsStr>>(
     signal: &str,
     ready: impl Fn() -> bool,
 ) -> Run {
-    let mut child = ferry_command(args, env)
-        .spawn()
-        .expect("run the ferry binary");
-    // Waits for a condition, not for time: the pause only keeps the poll from spinning.
-    while !ready() {
-        if child.try_wait().expect("poll ferry").is_some() {
-            let output = child.wait_with_output().expect("collect ferry's output");
-            panic!(
-                "ferry ended before the moment to signal it\n{}",
-                Run::of(args, &output)
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    let child = spawn_until(args, env, ready, "signal");
     let kill = Command::new("kill")
         .args(["-s", signal, &child.id().to_string()])
         .status()
@@ -208,6 +195,25 @@ pub fn ferry_interrupted<S: AsRef<OsStr>>(
 /// Panics if ferry ends before `ready()` held.
 #[track_caller]
 pub fn ferry_killed<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)], ready: impl Fn() -> bool) {
+    let mut child = spawn_until(args, env, ready, "kill");
+    child.kill().expect("SIGKILL ferry");
+    let status = child.wait().expect("reap ferry");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "ferry was not killed: {status:?}"
+    );
+}
+
+/// Starts `ferry ARGS` and returns it once `ready()` holds. Panics if ferry ends before, naming
+/// what the moment was for (`"signal"`, `"kill"`).
+#[track_caller]
+fn spawn_until<S: AsRef<OsStr>>(
+    args: &[S],
+    env: &[(&str, &OsStr)],
+    ready: impl Fn() -> bool,
+    moment: &str,
+) -> std::process::Child {
     let mut child = ferry_command(args, env)
         .spawn()
         .expect("run the ferry binary");
@@ -216,19 +222,13 @@ pub fn ferry_killed<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)], ready: 
         if child.try_wait().expect("poll ferry").is_some() {
             let output = child.wait_with_output().expect("collect ferry's output");
             panic!(
-                "ferry ended before the moment to kill it\n{}",
+                "ferry ended before the moment to {moment} it\n{}",
                 Run::of(args, &output)
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    child.kill().expect("SIGKILL ferry");
-    let status = child.wait().expect("reap ferry");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "ferry was not killed: {status:?}"
-    );
+    child
 }
 
 /// The run of `ferry ARGS` that produced `output`, after checking that ferry exited (else

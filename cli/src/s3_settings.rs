@@ -44,10 +44,14 @@ pub fn config(bucket: &str, prefix: &str) -> Result<S3Config> {
             "no secret key: set AWS_SECRET_ACCESS_KEY or give --s3-secret-access-key-file PATH",
         )?),
     };
+    let endpoint = match flags.s3_endpoint {
+        Some(endpoint) => Some(endpoint),
+        None => endpoint_from_env(std::env::var_os("AWS_ENDPOINT_URL"))?,
+    };
     Ok(S3Config {
         bucket: bucket.to_owned(),
         prefix: prefix.trim_matches('/').to_owned(),
-        endpoint: flags.s3_endpoint.or_else(|| var("AWS_ENDPOINT_URL")),
+        endpoint,
         region: flags
             .s3_region
             .or_else(|| var("AWS_REGION"))
@@ -81,6 +85,24 @@ fn check_flags(flags: &S3Args) -> Result<()> {
         bail!("--s3-secret-access-key-file is empty: give the path of the file holding the key");
     }
     Ok(())
+}
+
+/// The endpoint `AWS_ENDPOINT_URL` names. Set but blank is refused: silently falling back to
+/// AWS itself would send signed requests somewhere the user did not ask for.
+fn endpoint_from_env(value: Option<std::ffi::OsString>) -> Result<Option<String>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let value = value
+        .into_string()
+        .map_err(|_| anyhow::anyhow!("AWS_ENDPOINT_URL is not UTF-8"))?;
+    if value.trim().is_empty() {
+        bail!(
+            "AWS_ENDPOINT_URL is set but empty: unset it to use AWS itself, or set it (or \
+             --s3-endpoint) to the store's URL"
+        );
+    }
+    Ok(Some(value))
 }
 
 /// The secret key in `path`: its first line, without the line end.
@@ -143,6 +165,21 @@ mod tests {
                 err.starts_with(&format!("{flag} is empty")),
                 "{flag}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn a_blank_endpoint_variable_is_refused_not_taken_for_aws() {
+        assert_eq!(endpoint_from_env(None).unwrap(), None);
+        assert_eq!(
+            endpoint_from_env(Some("http://h:9000".into())).unwrap(),
+            Some("http://h:9000".to_owned())
+        );
+        for blank in ["", " ", "\t"] {
+            let err = endpoint_from_env(Some(blank.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("AWS_ENDPOINT_URL is set but empty"), "{err}");
         }
     }
 }

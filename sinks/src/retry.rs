@@ -165,18 +165,23 @@ pub(crate) struct GaveUp<E> {
     pub(crate) elapsed: Duration,
     /// Retrying ended because the process is stopping.
     pub(crate) stopped: bool,
+    /// The last failure was transient (the operation was given up, not refused).
+    pub(crate) transient: bool,
 }
 
 impl<E> GaveUp<E> {
-    /// " (gave up after 7 tries in 121 s)" when the operation was retried, " (not retried:
-    /// stopping)" when a stop ended it, else "".
+    /// " (gave up after 7 tries in 121 s)" when the operation was retried or its failure was
+    /// transient, " (retrying ended after 2 tries: stopping)" when a stop ended it, else "".
     pub(crate) fn retried_suffix(&self) -> String {
         if self.stopped {
             format!(" (retrying ended after {} tries: stopping)", self.tries)
-        } else if self.tries > 1 {
+        } else if self.tries > 1 || self.transient {
+            let tries = match self.tries {
+                1 => "1 try".to_owned(),
+                n => format!("{n} tries"),
+            };
             format!(
-                " (gave up after {} tries in {:.0} s)",
-                self.tries,
+                " (gave up after {tries} in {:.0} s)",
                 self.elapsed.as_secs_f64()
             )
         } else {
@@ -245,13 +250,15 @@ impl Retrier {
                 }
                 Err(error) => error,
             };
+            let is_transient = transient(&error);
             let gave_up = |error, stopped| GaveUp {
                 error,
                 tries,
                 elapsed: started.elapsed(),
                 stopped,
+                transient: is_transient,
             };
-            if !transient(&error) {
+            if !is_transient {
                 return Err(gave_up(error, false));
             }
             if is_stopping() {
@@ -270,6 +277,16 @@ impl Retrier {
                 return Err(gave_up(error, true));
             }
         }
+    }
+
+    /// The policy's deadline.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.policy.deadline
+    }
+
+    /// Whether an operation gave up at the deadline and none has succeeded since.
+    pub(crate) fn is_away(&self) -> bool {
+        self.away.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Warns that `op` on `key` has waited `waited` for a reply (a server that stopped

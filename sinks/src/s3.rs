@@ -37,7 +37,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -137,6 +137,8 @@ impl fmt::Debug for S3Sink {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest wait for a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest time a request may wait for its reply, whatever is left of the retry deadline.
+pub const MIN_REQUEST_TIME: Duration = Duration::from_secs(15);
 /// A request without a reply for this long is reported (once, throttled per sink).
 pub const NO_REPLY_WARNING: Duration = Duration::from_secs(15);
 /// Longest wait for a request made while the process is stopping (releasing a lock).
@@ -218,6 +220,9 @@ enum Failure {
     Status(u16),
     /// The process is stopping: the request was abandoned ([`Stopped`]).
     Stopped,
+    /// The connection worked but the other end does not speak the protocol (TLS to a
+    /// plain-HTTP server): the same every time.
+    Protocol,
     /// Anything else (a malformed request, an unexpected reply, a TLS or protocol mismatch).
     Other,
 }
@@ -229,6 +234,9 @@ impl Failure {
         while let Some(e) = current {
             if e.downcast_ref::<Stopped>().is_some() {
                 return Failure::Stopped;
+            }
+            if e.downcast_ref::<NoReply>().is_some() {
+                return Failure::Transport(HttpErrorKind::Timeout);
             }
             if let Some(http) = e.downcast_ref::<HttpError>() {
                 return Failure::of_transport(http);
@@ -253,7 +261,7 @@ impl Failure {
         let mut cause = std::error::Error::source(http);
         while let Some(e) = cause {
             if is_invalid_data(e) {
-                return Failure::Other;
+                return Failure::Protocol;
             }
             cause = e.source();
         }
@@ -284,7 +292,7 @@ impl Failure {
             // 507: the store is full (MinIO answers it), which waiting does not fix.
             Failure::Status(507) => false,
             Failure::Status(status) => status >= 500 || status == 429 || status == 408,
-            Failure::Stopped | Failure::Other => false,
+            Failure::Stopped | Failure::Protocol | Failure::Other => false,
         }
     }
 
@@ -312,6 +320,28 @@ fn is_invalid_data(error: &(dyn std::error::Error + 'static)) -> bool {
             .map(|inner| inner as &(dyn std::error::Error + 'static));
     }
     false
+}
+
+/// A request that had no reply within its limit ([`S3Sink::request_limit`]): a timeout.
+#[derive(Debug)]
+struct NoReply(Duration);
+
+impl fmt::Display for NoReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no reply from the S3 server within {} s",
+            self.0.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for NoReply {}
+
+thread_local! {
+    /// When the operation this thread is running ([`S3Sink::call`]) started: its requests
+    /// share its retry deadline.
+    static OPERATION_STARTED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// A request abandoned because the process is stopping ([`crate::retry::stopping`]).
@@ -436,7 +466,9 @@ impl S3Sink {
         key: &str,
         attempt: impl FnMut(u32) -> Result<T, object_store::Error>,
     ) -> Result<T, SinkError> {
-        self.retrier
+        let outer = OPERATION_STARTED.replace(Some(Instant::now()));
+        let result = self
+            .retrier
             .run(
                 op,
                 key,
@@ -444,13 +476,35 @@ impl S3Sink {
                 describe,
                 attempt,
             )
-            .map_err(|gave_up| self.error(op, key, gave_up))
+            .map_err(|gave_up| self.error(op, key, gave_up));
+        OPERATION_STARTED.set(outer);
+        result
+    }
+
+    /// How long the next request may wait for its reply: what is left of the operation's
+    /// retry deadline (at least [`MIN_REQUEST_TIME`], at most [`REQUEST_TIMEOUT`]), or
+    /// [`MIN_REQUEST_TIME`] while the sink is away, so a server that stopped answering cannot
+    /// hold one try for much longer than the deadline asked for.
+    fn request_limit(&self) -> Duration {
+        if self.retrier.is_away() {
+            return MIN_REQUEST_TIME;
+        }
+        match OPERATION_STARTED.get() {
+            Some(started) => self
+                .retrier
+                .deadline()
+                .saturating_sub(started.elapsed())
+                .clamp(MIN_REQUEST_TIME, REQUEST_TIMEOUT),
+            None => REQUEST_TIMEOUT,
+        }
     }
 
     /// Runs one request to its reply, on the sink's runtime. Gives it up when the process
     /// starts stopping ([`Stopped`]), and warns (throttled) when no reply came within
     /// [`NO_REPLY_WARNING`]: the request timeout alone would leave the user in silence. A
-    /// request made once the process is stopping (cleanup) has [`CLEANUP_TIMEOUT`].
+    /// request made once the process is stopping (cleanup) has [`CLEANUP_TIMEOUT`]; any other
+    /// has [`request_limit`](Self::request_limit), after which it fails as a timeout
+    /// ([`NoReply`]).
     fn await_reply<T>(
         &self,
         op: &str,
@@ -468,9 +522,12 @@ impl S3Sink {
                     }),
                 };
             }
+            let limit = self.request_limit();
             tokio::pin!(request);
             let no_reply = tokio::time::sleep(NO_REPLY_WARNING);
             tokio::pin!(no_reply);
+            let gone = tokio::time::sleep(limit);
+            tokio::pin!(gone);
             let mut warned = false;
             loop {
                 tokio::select! {
@@ -481,9 +538,15 @@ impl S3Sink {
                             source: Box::new(Stopped),
                         });
                     }
-                    () = &mut no_reply, if !warned => {
+                    () = &mut gone => {
+                        return Err(object_store::Error::Generic {
+                            store: "S3",
+                            source: Box::new(NoReply(limit)),
+                        });
+                    }
+                    () = &mut no_reply, if !warned && limit > NO_REPLY_WARNING => {
                         warned = true;
-                        self.retrier.warn_no_reply(op, key, NO_REPLY_WARNING, REQUEST_TIMEOUT);
+                        self.retrier.warn_no_reply(op, key, NO_REPLY_WARNING, limit);
                     }
                 }
             }
@@ -542,6 +605,12 @@ impl S3Sink {
                             (Retry::Transient, "no usable connection to the S3 server: ")
                         }
                         Failure::Stopped => (Retry::Transient, ""),
+                        Failure::Protocol => (
+                            Retry::Permanent,
+                            "the S3 endpoint does not speak the expected protocol (an https:// \
+                             URL for a plain-HTTP server? then use http:// and \
+                             AWS_ALLOW_HTTP=true): ",
+                        ),
                         _ if failure.is_transient() => (Retry::Transient, ""),
                         _ => (Retry::Permanent, ""),
                     };

@@ -142,7 +142,7 @@ fn a_lasting_outage_is_a_transient_error_naming_the_connection() {
             shown.contains("no usable connection to the S3 server"),
             "{shown}"
         );
-        assert!(!shown.contains("gave up after"), "tried once: {shown}");
+        assert!(shown.contains("gave up after 1 try"), "tried once: {shown}");
     }
     proxy.come_up();
     sink.head(&key("kept")).unwrap();
@@ -206,4 +206,22 @@ fn tls_to_a_plain_http_server_is_a_permanent_error() {
     let shown = err.to_string();
     assert_eq!(err.retry(), Retry::Permanent, "{shown}");
     assert!(!shown.contains("gave up after"), "retried: {shown}");
+}
+
+/// A server that accepts requests and never answers: a try waits only what is left of the
+/// retry deadline (at least 15 s), not the 120 s request timeout, and the failure says so.
+#[test]
+fn a_silent_server_is_given_up_at_the_deadline_not_the_request_timeout() {
+    let bucket = server().bucket("silent");
+    let (proxy, sink) = behind_proxy(&bucket, RetryPolicy::with_deadline(Duration::from_secs(1)));
+    sink.put(&key("kept"), b"x", PutMode::Create).unwrap();
+    proxy.go_silent();
+    let err = sink.get(&key("kept")).unwrap_err();
+    let shown = err.to_string();
+    assert_eq!(err.retry(), Retry::Transient, "{shown}");
+    assert!(
+        shown.contains("no reply from the S3 server within 15 s"),
+        "{shown}"
+    );
+    assert!(shown.contains("gave up after 1 try"), "{shown}");
 }

@@ -156,22 +156,24 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
         name: ENDPOINT_SETTING,
         reason,
     };
+    // What messages may show of it: no user information, query or fragment, which could hold
+    // credentials.
+    let shown = shown_endpoint(endpoint);
     // The URL parser would trim or escape these; the HTTP client refuses them (it panicked).
     if let Some(c) = endpoint
         .chars()
         .find(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
     {
         return Err(invalid(format!(
-            "{endpoint:?} holds the character {c:?}, which a URL cannot hold"
+            "{shown:?} holds the character {c:?}, which a URL cannot hold"
         )));
     }
     let url = url::Url::parse(endpoint).map_err(|e| {
         invalid(format!(
-            "{endpoint:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:9000 or \
+            "{shown:?} is not a valid URL ({e}); expected e.g. http://127.0.0.1:9000 or \
              https://s3.example.com"
         ))
     })?;
-    // Checked before the URL is ever echoed: it must not print credentials.
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
             "the URL holds a user name or password; give credentials in AWS_ACCESS_KEY_ID and \
@@ -184,30 +186,47 @@ fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<String, SinkError>
         "http" if allow_http => {}
         "http" => {
             return Err(invalid(format!(
-                "{endpoint} is plain HTTP; allow it with AWS_ALLOW_HTTP=true or --s3-allow-http"
+                "{shown} is plain HTTP; allow it with AWS_ALLOW_HTTP=true or --s3-allow-http"
             )));
         }
         scheme => {
             return Err(invalid(format!(
-                "{endpoint:?}: scheme {scheme:?} is not http or https; expected e.g. \
+                "{shown:?}: scheme {scheme:?} is not http or https; expected e.g. \
                  http://127.0.0.1:9000"
             )));
         }
     }
-    if url.port() == Some(0) {
-        return Err(invalid(format!(
-            "{endpoint:?}: port 0 is not a port to connect to"
-        )));
+    // `http://host:` parses as the scheme's default port; the user meant to give one.
+    if url.port() == Some(0) || authority(endpoint).ends_with(':') {
+        return Err(invalid(format!("{shown:?}: no port to connect to")));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid(format!("{endpoint:?} names no host")));
+        return Err(invalid(format!("{shown:?} names no host")));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(invalid(format!(
-            "{endpoint:?} has a query or fragment, which an endpoint cannot have"
+            "{shown:?}: an endpoint cannot have a query or fragment (not shown)"
         )));
     }
     Ok(endpoint.to_owned())
+}
+
+/// The authority part of `scheme://authority/path?query` (all of it after `://` when there
+/// is no path).
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#']).next().unwrap_or("")
+}
+
+/// `endpoint` as messages may show it: user information replaced by `***`, query and
+/// fragment cut off.
+fn shown_endpoint(endpoint: &str) -> String {
+    let without_query = endpoint.split(['?', '#']).next().unwrap_or("");
+    let host_part = authority(without_query);
+    match host_part.rsplit_once('@') {
+        Some((_, host)) => without_query.replacen(host_part, &format!("***@{host}"), 1),
+        None => without_query.to_owned(),
+    }
 }
 
 /// How a failed request should be treated.
@@ -937,6 +956,7 @@ mod tests {
             ("http://127.0.0.1:9000 ", true),
             ("http://127.0.0.1:9000/a b", true),
             ("http://127.0.0.1:0", true),
+            ("http://127.0.0.1:", true),
         ] {
             let err = check_endpoint(endpoint, allow_http).unwrap_err();
             assert!(
@@ -950,5 +970,23 @@ mod tests {
                 "{endpoint}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn messages_never_show_credentials_or_queries_of_an_endpoint() {
+        for (endpoint, allow_http) in [
+            ("http://AKID:hunter2@[::1", true),
+            ("http://AKID:hunter2@127.0.0.1:9000", true),
+            ("http://127.0.0.1:9000/?X-Amz-Signature=hunter2", true),
+            ("http://127.0.0.1:9000/#hunter2", true),
+            ("http://AKID:hunter2@127.0.0.1:9000", false),
+            ("ftp://u:hunter2@h/?k=hunter2", true),
+        ] {
+            let err = check_endpoint(endpoint, allow_http).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("hunter2"), "{endpoint}: {shown}");
+        }
+        assert_eq!(shown_endpoint("http://a:b@h:1/p?q#f"), "http://***@h:1/p");
+        assert_eq!(shown_endpoint("https://h"), "https://h");
     }
 }

@@ -73,7 +73,8 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Where and how to reach a bucket.
+/// Where and how to reach a bucket. The `ferry` binary fills it from its flags and the AWS
+/// environment variables (`cli/src/s3_settings.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Config {
     pub bucket: String,
@@ -86,32 +87,6 @@ pub struct S3Config {
     pub secret_access_key: Secret,
     /// Allow plain-HTTP endpoints.
     pub allow_http: bool,
-}
-
-impl S3Config {
-    /// Reads endpoint, region and credentials from the usual AWS variables: `AWS_ENDPOINT_URL`,
-    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`, default `us-east-1`), `AWS_ACCESS_KEY_ID`,
-    /// `AWS_SECRET_ACCESS_KEY`, `AWS_ALLOW_HTTP` (`true`/`1`).
-    pub fn from_env(bucket: &str, prefix: &str) -> Result<S3Config, SinkError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let missing = |name: &str| SinkError::Location {
-            location: format!("s3://{bucket}/{prefix}"),
-            reason: format!("{name} is not set"),
-        };
-        Ok(S3Config {
-            bucket: bucket.to_owned(),
-            prefix: prefix.trim_matches('/').to_owned(),
-            endpoint: var("AWS_ENDPOINT_URL"),
-            region: var("AWS_REGION")
-                .or_else(|| var("AWS_DEFAULT_REGION"))
-                .unwrap_or_else(|| "us-east-1".to_owned()),
-            access_key_id: var("AWS_ACCESS_KEY_ID").ok_or_else(|| missing("AWS_ACCESS_KEY_ID"))?,
-            secret_access_key: Secret::new(
-                var("AWS_SECRET_ACCESS_KEY").ok_or_else(|| missing("AWS_SECRET_ACCESS_KEY"))?,
-            ),
-            allow_http: var("AWS_ALLOW_HTTP").is_some_and(|v| v == "true" || v == "1"),
-        })
-    }
 }
 
 /// A bucket (and prefix) as a [`Sink`].

@@ -3,6 +3,8 @@
 //! every gc attempt is refused, and the manifest it then publishes names only stored chunks,
 //! including orphans of a forgotten snapshot that the backup found and reused.
 
+#[path = "support/image.rs"]
+mod image;
 #[path = "../../sinks/tests/support/nfs_server.rs"]
 #[allow(dead_code)]
 mod nfs_server;
@@ -36,11 +38,7 @@ fn options() -> BackupOptions {
 
 fn gc_never_runs_beside_a_backup(sink: Arc<dyn Sink>) {
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    let data: Vec<u8> = (0..8 * CHUNK)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&image, &data).unwrap();
+    let image = image::noise_image(dir.path(), 8 * CHUNK);
     let disk = [DiskSource::new("vda", image.clone())];
     let repo = Repository::init(Arc::clone(&sink), CHUNK).unwrap();
     // A snapshot, then forgotten: its chunks are orphans that the next backup will reuse

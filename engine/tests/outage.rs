@@ -3,6 +3,8 @@
 //! chunks it could not read as damaged. Real servers, reached through a proxy the test takes
 //! down.
 
+#[path = "support/image.rs"]
+mod image;
 #[path = "../../sinks/tests/support/nfs_server.rs"]
 #[allow(dead_code)]
 mod nfs_server;
@@ -37,11 +39,7 @@ fn retry() -> RetryPolicy {
 /// down at the first chunk read.
 fn verify_during_an_outage(sink: Arc<dyn Sink>, proxy: &TcpProxy) {
     let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    let data: Vec<u8> = (0..8 * CHUNK)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(&image, &data).unwrap();
+    let image = image::noise_image(dir.path(), 8 * CHUNK);
     let repo = Repository::init(Arc::clone(&sink), CHUNK).unwrap();
     let mut options = BackupOptions::new("vm");
     options.chunk_size = CHUNK;
